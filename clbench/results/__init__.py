@@ -1,0 +1,1 @@
+"""Result files (one JSON per cell), tables and gates. Never imports torch."""

@@ -1,0 +1,75 @@
+"""The task protocol: a named evaluation protocol run on one (encoder, dataset) cell.
+
+A task never sees the encoder's internals: it asks the :class:`TaskContext` for the (cached)
+features of a split and turns them into metrics. Every protocol is also callable on in-memory
+arrays (``evaluate``), so a training loop or notebook runs exactly what the CLI runs.
+
+Subclasses set:
+- ``Options``: a dataclass of the task's own options (the suite keys ``name``, ``type``,
+  ``dataset`` and ``encoders`` are handled by the suite, not here);
+- ``protocol_version``: bumped whenever a change makes numbers incomparable with earlier ones;
+- ``dataset_kinds``: the dataset kinds it accepts (``"classification"``, ``"sts"``, ...);
+- ``main_metric(options)``: the key of the headline metric in ``metrics``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class TaskOutput:
+    """What a task returns: flat ``metrics`` (name -> number) and optional ``details``."""
+
+    metrics: dict[str, float]
+    main_metric: str
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class TaskContext:
+    """What the runner hands a task: cached features, the device, the seed, the dataset.
+
+    ``features(split)`` returns ``(x, y)``: float32 features [N, D] (numpy, possibly memory
+    mapped) and the split's labels (or None).
+    """
+
+    def __init__(
+        self,
+        *,
+        features: Callable[[str], tuple[np.ndarray, np.ndarray | None]],
+        dataset: Any,
+        encoder: Any,
+        device: str = "cpu",
+        seed: int = 0,
+    ):
+        self._features = features
+        self.dataset = dataset
+        self.encoder = encoder
+        self.device = device
+        self.seed = seed
+
+    def features(self, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._features(split)
+
+
+class Task:
+    Options: ClassVar[type]
+    protocol_version: ClassVar[str] = "1"
+    dataset_kinds: ClassVar[tuple[str, ...]] = ("classification",)
+    #: the splits whose features the task reads (for capability checks and pre-extraction)
+    splits: ClassVar[tuple[str, ...]] = ("train", "test")
+
+    def __init__(self, options: Any, *, name: str = "task"):
+        self.options = options
+        self.name = name
+
+    @classmethod
+    def main_metric(cls, options: Any) -> str:
+        raise NotImplementedError
+
+    def run(self, ctx: TaskContext) -> TaskOutput:
+        raise NotImplementedError
