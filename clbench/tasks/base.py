@@ -62,6 +62,10 @@ class Task:
     dataset_kinds: ClassVar[tuple[str, ...]] = ("classification",)
     #: the splits whose features the task reads (for capability checks and pre-extraction)
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
+    #: False for tasks that bring their own data (e.g. the MTEB bridge): no ``dataset`` key needed
+    needs_dataset: ClassVar[bool] = True
+    #: the encoder modality the task needs; None means "the dataset's modality"
+    modality: ClassVar[str | None] = None
 
     def __init__(self, options: Any, *, name: str = "task"):
         self.options = options
