@@ -1,0 +1,275 @@
+"""Expand a suite into (encoder, task) cells and run them.
+
+Each cell is isolated: its failure is written to its result file and the run goes on. A cell
+whose result already exists with the same options hash (and did not fail) is skipped and its
+file left untouched; ``force`` recomputes. Features come from the shared cache, so tasks on the
+same dataset share one extraction and a re-run does no forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import CapabilityError, ClbenchError
+from .features import FeatureCache, FeatureStore
+from .options import options_dict, stable_hash
+from .provenance import folder_of, git_info, host, peak_rss_mb, utc_now, versions
+from .results.store import SCHEMA_VERSION, cell_path, read_result, write_result
+from .suite import Suite, TaskSpec, build_dataset, build_encoder
+
+
+@dataclasses.dataclass
+class CellOutcome:
+    encoder: str
+    task: str
+    status: str  # ok | failed | skipped | up-to-date
+    main_metric: str | None = None
+    main_value: float | None = None
+    reason: str | None = None
+    path: Path | None = None
+
+
+@dataclasses.dataclass
+class RunSummary:
+    suite: str
+    results_dir: Path
+    cells: list[CellOutcome]
+
+    @property
+    def failed(self) -> list[CellOutcome]:
+        return [c for c in self.cells if c.status == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ClbenchError(f"device {device!r} requested but CUDA is not available")
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cell_options(suite: Suite, enc_name: str, task: TaskSpec) -> tuple[dict[str, Any], str, str]:
+    """(resolved options, options hash, comparability hash) of one cell."""
+    enc = suite.encoders[enc_name]
+    ds = suite.datasets.get(task.dataset) if task.dataset else None
+    resolved = {
+        "encoder": {"type": enc.type, **options_dict(enc.options)},
+        "dataset": {"type": ds.type, **options_dict(ds.options)} if ds else None,
+        "task": {"type": task.type, **options_dict(task.options)},
+    }
+    protocol = getattr(task.cls, "protocol_version", "1")
+    options_hash = stable_hash({"options": resolved, "seed": suite.seed, "protocol": protocol})
+    comparability = stable_hash(
+        {"task": resolved["task"], "dataset": resolved["dataset"], "seed": suite.seed, "protocol": protocol}
+    )
+    return resolved, options_hash, comparability
+
+
+def plan(suite: Suite, only_encoders=None, only_tasks=None) -> list[tuple[str, TaskSpec]]:
+    cells = []
+    for enc_name in suite.encoders:
+        if only_encoders and enc_name not in only_encoders:
+            continue
+        for task in suite.tasks:
+            if only_tasks and task.name not in only_tasks:
+                continue
+            if task.encoders is not None and enc_name not in task.encoders:
+                continue
+            cells.append((enc_name, task))
+    return cells
+
+
+class Runner:
+    def __init__(
+        self,
+        suite: Suite,
+        *,
+        device: str | None = None,
+        force: bool = False,
+        cache_dir: Path | None = None,
+        console: Any = None,
+        progress: bool = True,
+    ):
+        self.suite = suite
+        self.force = force
+        self.device = resolve_device(device or suite.device)
+        self.cache = FeatureCache(cache_dir or suite.cache)
+        self.console = console
+        factory = None
+        if progress and console is not None:
+            from .ui import progress_factory
+
+            factory = progress_factory(console)
+        self.store = FeatureStore(self.cache, device=self.device, progress_factory=factory)
+        self._encoders: dict[str, Any] = {}
+        self._datasets: dict[str, Any] = {}
+
+    def _print(self, msg: str) -> None:
+        if self.console is not None:
+            self.console.print(msg)
+
+    def encoder(self, name: str):
+        if name not in self._encoders:
+            self._encoders[name] = build_encoder(self.suite, name)
+        return self._encoders[name]
+
+    def dataset(self, name: str):
+        if name not in self._datasets:
+            self._datasets[name] = build_dataset(self.suite, name)
+        return self._datasets[name]
+
+    def run(self, only_encoders=None, only_tasks=None) -> RunSummary:
+        outcomes = []
+        for enc_name, task in plan(self.suite, only_encoders, only_tasks):
+            outcome = self.run_cell(enc_name, task)
+            outcomes.append(outcome)
+            style = {"ok": "green", "failed": "red", "skipped": "yellow"}.get(outcome.status, "dim")
+            value = f" {outcome.main_metric}={outcome.main_value:.4f}" if outcome.main_value is not None else ""
+            why = f" ({outcome.reason})" if outcome.reason and outcome.status != "ok" else ""
+            self._print(f"[{style}]{outcome.status:>10}[/{style}] {enc_name} × {task.name}{value}{why}")
+        return RunSummary(suite=self.suite.name, results_dir=self.suite.results_dir, cells=outcomes)
+
+    def run_cell(self, enc_name: str, task: TaskSpec) -> CellOutcome:
+        suite = self.suite
+        path = cell_path(suite.output, suite.name, enc_name, task.name)
+        resolved, options_hash, comparability = cell_options(suite, enc_name, task)
+        if not self.force:
+            existing = read_result(path)
+            if existing and existing.get("options_hash") == options_hash and existing.get("status") in ("ok", "skipped"):
+                return CellOutcome(
+                    enc_name, task.name, "up-to-date", existing.get("main_metric"), existing.get("main_value"),
+                    existing.get("reason"), path,
+                )
+
+        result: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "suite": suite.name,
+            "encoder": enc_name,
+            "task": task.name,
+            "task_type": task.type,
+            "dataset": task.dataset,
+            "status": "ok",
+            "reason": None,
+            "error": None,
+            "metrics": {},
+            "main_metric": None,
+            "main_value": None,
+            "protocol_version": getattr(task.cls, "protocol_version", "1"),
+            "options": resolved,
+            "options_hash": options_hash,
+            "comparability_hash": comparability,
+            "coverage": None,
+            "seed": suite.seed,
+            "device": self.device,
+            "timings": {},
+            "throughput": None,
+            "peak_memory": {},
+            "versions": versions(),
+            "git": git_info(folder_of(suite.path)),
+            "host": host(),
+            "suite_file": str(suite.path.resolve()),
+            "fingerprints": {},
+            "features": [],
+            "details": {},
+        }
+        t0 = time.perf_counter()
+        log_start = len(self.store.log)
+        cuda = self.device.startswith("cuda")
+        if cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            encoder = self.encoder(enc_name)
+            dataset = self.dataset(task.dataset) if task.dataset else None
+            modality = task.cls.modality or (dataset.modality if dataset else None)
+            if modality is not None and not encoder.supports(modality):
+                raise CapabilityError(
+                    f"encoder {enc_name!r} ({suite.encoders[enc_name].type}) does not take {modality} inputs "
+                    f"(it takes: {', '.join(sorted(encoder.modalities)) or 'nothing'})"
+                )
+            result["fingerprints"]["encoder"] = encoder.fingerprint()
+            if dataset is not None:
+                result["fingerprints"]["dataset"] = dataset.fingerprint()
+            from .tasks.base import TaskContext
+
+            def features(split: str):
+                x, y, _ = self.store.get(encoder, dataset, split)
+                return x, y
+
+            ctx = TaskContext(features=features, dataset=dataset, encoder=encoder, device=self.device, seed=suite.seed)
+            task_obj = task.cls(task.options, name=task.name)
+            out = task_obj.run(ctx)
+            metrics = {k: _number(v) for k, v in out.metrics.items()}
+            main_value = metrics.get(out.main_metric)
+            if main_value is None:
+                raise ValueError(f"task did not produce its main metric {out.main_metric!r}")
+            if main_value != main_value:  # NaN never reaches a table
+                raise ValueError(f"main metric {out.main_metric!r} is NaN")
+            result.update(metrics=metrics, main_metric=out.main_metric, main_value=main_value, details=out.details)
+            result["timings"].update(out.timings)
+            if getattr(task.cls, "higher_is_better", True) is False:
+                result["higher_is_better"] = False
+        except CapabilityError as err:
+            result.update(status="skipped", reason=str(err))
+        except Exception as err:  # one failing cell never stops the others
+            result.update(
+                status="failed",
+                reason=f"{type(err).__name__}: {err}",
+                error={"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()},
+            )
+        total = time.perf_counter() - t0
+        feats = self.store.log[log_start:]
+        extraction = sum(f.get("seconds", 0.0) for f in feats)
+        result["features"] = [{k: v for k, v in f.items() if k not in ("coverage", "encoder_info")} for f in feats]
+        for f in feats:
+            if f.get("coverage") is not None:
+                result["coverage"] = f["coverage"]
+            if f.get("encoder_info"):
+                result["details"].setdefault("encoder_info", f["encoder_info"])
+        fit = result["timings"].pop("fit_s", None)
+        result["timings"] = {
+            "extraction_s": extraction,
+            "fit_s": fit if fit is not None else max(0.0, total - extraction),
+            "total_s": total,
+            **result["timings"],
+        }
+        extracted = [f for f in feats if not f.get("cached")]
+        if extracted:
+            n = sum(f["n"] for f in extracted)
+            result["throughput"] = {"samples": n, "samples_per_s": n / extraction if extraction > 0 else None}
+        result["peak_memory"] = {"process_rss_mb": peak_rss_mb()}
+        if cuda:
+            import torch
+
+            result["peak_memory"]["cuda_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        result["timestamp"] = utc_now()
+        write_result(path, result)
+        return CellOutcome(
+            enc_name, task.name, result["status"], result["main_metric"], result["main_value"], result["reason"], path
+        )
+
+
+def _number(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+__all__ = ["Runner", "RunSummary", "CellOutcome", "plan", "cell_options", "resolve_device", "__version__"]
