@@ -1,0 +1,314 @@
+"""Render a :class:`~clbench.results.table.Table` as markdown, csv, LaTeX or JSON.
+
+- ``markdown``: a pipe table, the best comparable value per column in bold, footnotes and notes
+  below it;
+- ``csv``: one line per row (``suite``, ``encoder``, one column per task, ``notes``), values at full
+  precision (``repr``), ``failed``/``skipped`` markers, an empty field for a missing cell; the
+  ``notes`` field names the footnotes and failure reasons that apply to the row; table-level
+  notes (unreadable files, duplicates) follow as lines with empty ``suite`` and ``encoder``;
+- ``latex``: a booktabs ``tabular`` (``\\toprule``/``\\midrule``/``\\bottomrule``), best value per
+  column in ``\\textbf``, footnotes below, notes as ``%`` comments;
+- ``json``: ``{"columns", "rows", "footnotes", "notes"}``; each row lists every cell with its
+  status, main value and all metrics at full precision (non-finite numbers become ``null``).
+
+Displayed numbers use one precision per column: 4 decimals when every value lies in [-1, 1]
+(a 0-1 scale), 2 decimals up to 1000, 1 beyond. "Best" is the highest (or, for a column whose
+results say ``higher_is_better: false``, the lowest) value among the column's comparable ``ok``
+cells, compared as displayed; it is shown only when the column has at least two such values.
+
+Plain Python only: this module must never import torch or numpy.
+
+Example::
+
+    >>> print(report("results/", "markdown"))           # doctest: +SKIP
+    | encoder | knn (top1) |
+    |:--|--:|
+    | resnet18 | 0.9123 |
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .store import load_results
+from .table import Cell, Column, Table, build_table
+
+__all__ = ["FORMATS", "decimals_for", "format_number", "latex_escape", "render", "report"]
+
+FORMATS = ("markdown", "csv", "latex", "json")
+
+_MISSING = "–"
+_LATEX_MARKS = {"†": r"\dagger", "‡": r"\ddagger", "§": r"\S", "¶": r"\P", "‖": r"\|"}
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def decimals_for(values: list[float]) -> int:
+    """Decimals for displaying ``values`` side by side: 4 on a 0-1 scale, 2 up to 1000, else 1."""
+    finite = [abs(v) for v in values if v is not None and math.isfinite(v)]
+    largest = max(finite, default=0.0)
+    if largest <= 1.0:
+        return 4
+    return 2 if largest < 1000 else 1
+
+
+def format_number(value: float | None, decimals: int, *, signed: bool = False) -> str:
+    """``value`` with ``decimals`` decimals; a non-zero value that would show as zero gets 3
+    significant digits instead (so a tiny difference never reads as none)."""
+    if value is None:
+        return _MISSING
+    if not math.isfinite(value):
+        return str(value)
+    sign = "+" if signed and value != 0 else ""
+    text = f"{value:{sign}.{decimals}f}"
+    if value != 0 and float(text) == 0:
+        text = f"{value:{sign}.3g}"
+    return text
+
+
+def render(table: Table, fmt: str) -> str:
+    """``table`` as text in ``fmt`` (one of :data:`FORMATS`); ends with a newline."""
+    renderers = {"markdown": _markdown, "csv": _csv, "latex": _latex, "json": _json}
+    if fmt not in renderers:
+        raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    return renderers[fmt](table)
+
+
+def report(results_dir: str | Path, fmt: str) -> str:
+    """Load every result below ``results_dir`` and render its table in ``fmt``.
+
+    Files that are not valid clbench results are listed in the notes. A folder without results
+    gives a short message (in JSON: an empty table whose notes say so). Raises FileNotFoundError
+    when ``results_dir`` does not exist and ValueError for an unknown format.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    results, bad = load_results(Path(results_dir))
+    table = build_table(results)
+    table.notes.extend(f"not a valid clbench result file, ignored: {path}" for path in bad)
+    if table.rows or fmt == "json":
+        if not table.rows:
+            table.notes.insert(0, f"no results found in {results_dir}")
+        return render(table, fmt)
+    lines = [f"No clbench results found in {results_dir}."] + table.notes
+    prefix = "% " if fmt == "latex" else ""
+    return "".join(f"{prefix}{line}\n" for line in lines)
+
+
+# ---- shared helpers ------------------------------------------------------------------------
+
+
+def _column_decimals(table: Table, j: int) -> int:
+    return decimals_for([row.cells[j].value for row in table.rows if row.cells[j].value is not None])
+
+
+def _best_texts(table: Table, j: int, decimals: int) -> set[str]:
+    """The displayed value(s) that count as best in column ``j`` (empty when fewer than two)."""
+    column = table.columns[j]
+    values = [
+        row.cells[j].value
+        for row in table.rows
+        if row.cells[j].status == "ok"
+        and row.cells[j].comparable
+        and row.cells[j].value is not None
+        and math.isfinite(row.cells[j].value)
+    ]
+    if len(values) < 2:
+        return set()
+    best = max(values) if column.higher_is_better else min(values)
+    return {format_number(best, decimals)}
+
+
+def _cell_text(cell: Cell, decimals: int) -> str:
+    """Plain text of a cell without marks: a number, ``failed``, ``skipped``, n/a or a dash."""
+    if cell.status == "ok":
+        return "n/a" if cell.value is None else format_number(cell.value, decimals)
+    if cell.status == "missing":
+        return _MISSING
+    return cell.status
+
+
+def _styled_rows(table: Table, bold: Any, mark: Any) -> list[list[str]]:
+    """Cell texts per row with the best values wrapped by ``bold`` and marks added by ``mark``."""
+    per_column = []
+    for j in range(len(table.columns)):
+        decimals = _column_decimals(table, j)
+        per_column.append((decimals, _best_texts(table, j, decimals)))
+    out = []
+    for row in table.rows:
+        texts = []
+        for cell, (decimals, best) in zip(row.cells, per_column):
+            text = _cell_text(cell, decimals)
+            if cell.status == "ok" and text in best and cell.comparable:
+                text = bold(text)
+            texts.append(text + "".join(mark(m) for m in cell.marks))
+        out.append(texts)
+    return out
+
+
+# ---- markdown ------------------------------------------------------------------------------
+
+
+def _md_escape(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _markdown(table: Table) -> str:
+    header = ["encoder"] + [c.label for c in table.columns]
+    lines = [
+        "| " + " | ".join(_md_escape(h) for h in header) + " |",
+        "|:--|" + "--:|" * len(table.columns),
+    ]
+    styled = _styled_rows(table, bold=lambda t: f"**{t}**", mark=lambda m: m)
+    for row, texts in zip(table.rows, styled):
+        lines.append("| " + " | ".join([_md_escape(row.label)] + texts) + " |")
+    if table.footnotes:
+        lines.append("")
+        lines.extend(f"- {f.mark} {_md_escape(f.text)}" for f in table.footnotes)
+    notes = table.cell_notes + table.notes
+    if notes:
+        lines += ["", "**Notes**", ""]
+        lines.extend(f"- {_md_escape(note)}" for note in notes)
+    return "\n".join(lines) + "\n"
+
+
+# ---- csv -----------------------------------------------------------------------------------
+
+
+def _csv_value(cell: Cell) -> str:
+    if cell.status == "ok":
+        return "" if cell.value is None else repr(cell.value)
+    return "" if cell.status == "missing" else cell.status
+
+
+def _row_notes(table: Table, cells: list[Cell]) -> str:
+    notes = []
+    for column, cell in zip(table.columns, cells):
+        notes.extend(f"{m} {table.footnote(m).text}" for m in cell.marks)
+        if cell.status in ("failed", "skipped"):
+            notes.append(f"{column.label}: {cell.status}: {cell.reason or 'no reason given'}")
+    return "; ".join(notes)
+
+
+def _csv(table: Table) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["suite", "encoder"] + [c.label for c in table.columns] + ["notes"])
+    for row in table.rows:
+        writer.writerow(
+            [row.suite, row.encoder] + [_csv_value(c) for c in row.cells] + [_row_notes(table, row.cells)]
+        )
+    for note in table.notes:  # table-level: a line without suite, encoder or values
+        writer.writerow(["", ""] + [""] * len(table.columns) + [note])
+    return buf.getvalue()
+
+
+# ---- LaTeX ---------------------------------------------------------------------------------
+
+
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped (``_ % & # $ { } ~ ^ \\``)."""
+    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+
+
+def _latex_mark(mark: str) -> str:
+    return "$^{" + "".join(_LATEX_MARKS.get(ch, ch) for ch in mark) + "}$"
+
+
+def _latex(table: Table) -> str:
+    lines = [
+        r"\begin{tabular}{l" + "r" * len(table.columns) + "}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in ["encoder"] + [c.label for c in table.columns]) + r" \\",
+        r"\midrule",
+    ]
+    styled = _styled_rows(table, bold=lambda t: r"\textbf{" + t + "}", mark=_latex_mark)
+    for row, texts in zip(table.rows, styled):
+        # cell texts are numbers, markers and our own macros: only the dash needs translating
+        cells = [t.replace(_MISSING, "--") for t in texts]
+        lines.append(" & ".join([latex_escape(row.label)] + cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if table.footnotes:
+        lines.append(r"\par\smallskip")
+        lines.append(
+            r"{\footnotesize "
+            + r" \par ".join(f"{_latex_mark(f.mark)} {latex_escape(f.text)}" for f in table.footnotes)
+            + r"\par}"
+        )
+    lines.extend(f"% {' '.join(note.split())}" for note in table.cell_notes + table.notes)
+    return "\n".join(lines) + "\n"
+
+
+# ---- JSON ----------------------------------------------------------------------------------
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _column_json(column: Column) -> dict[str, Any]:
+    return {
+        "label": column.label,
+        "task": column.task,
+        "task_type": column.task_type,
+        "main_metric": column.main_metric,
+        "higher_is_better": column.higher_is_better,
+        "protocol_version": column.protocol_version,
+        "comparability_hash": column.comparability_hash,
+    }
+
+
+def _cell_json(column: Column, cell: Cell) -> dict[str, Any]:
+    return {
+        "column": column.label,
+        "task": column.task,
+        "task_type": column.task_type,
+        "status": cell.status,
+        "main_metric": cell.main_metric,
+        "main_value": cell.value,
+        "metrics": cell.metrics,
+        "reason": cell.reason,
+        "protocol_version": cell.protocol_version,
+        "comparability_hash": cell.comparability_hash,
+        "comparable": cell.comparable,
+        "footnotes": list(cell.marks),
+    }
+
+
+def _json(table: Table) -> str:
+    doc = {
+        "columns": [_column_json(c) for c in table.columns],
+        "rows": [
+            {
+                "suite": row.suite,
+                "encoder": row.encoder,
+                "label": row.label,
+                "cells": [_cell_json(col, cell) for col, cell in zip(table.columns, row.cells)],
+            }
+            for row in table.rows
+        ],
+        "footnotes": [{"mark": f.mark, "text": f.text} for f in table.footnotes],
+        "notes": table.cell_notes + table.notes,
+    }
+    return json.dumps(_finite(doc), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
