@@ -9,6 +9,7 @@ same dataset share one extraction and a re-run does no forward pass.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import traceback
 from pathlib import Path
@@ -110,7 +111,7 @@ class Runner:
         self.cache = FeatureCache(cache_dir or suite.cache)
         self.console = console
         factory = None
-        if progress and console is not None:
+        if progress and console is not None and console.is_terminal:
             from .ui import progress_factory
 
             factory = progress_factory(console)
@@ -132,6 +133,16 @@ class Runner:
             self._datasets[name] = build_dataset(self.suite, name)
         return self._datasets[name]
 
+    def _fingerprints(self, enc_name: str, task: TaskSpec) -> dict | None:
+        """Identity of the weights and data behind a cell (None when it cannot be computed)."""
+        try:
+            fps = {"encoder": self.encoder(enc_name).fingerprint()}
+            if task.dataset:
+                fps["dataset"] = self.dataset(task.dataset).fingerprint()
+            return json.loads(json.dumps(fps, default=str))  # as it reads back from the file
+        except Exception:
+            return None
+
     def run(self, only_encoders=None, only_tasks=None) -> RunSummary:
         outcomes = []
         for enc_name, task in plan(self.suite, only_encoders, only_tasks):
@@ -147,9 +158,15 @@ class Runner:
         suite = self.suite
         path = cell_path(suite.output, suite.name, enc_name, task.name)
         resolved, options_hash, comparability = cell_options(suite, enc_name, task)
+        fingerprints = self._fingerprints(enc_name, task)
         if not self.force:
             existing = read_result(path)
-            if existing and existing.get("options_hash") == options_hash and existing.get("status") in ("ok", "skipped"):
+            if (
+                existing
+                and existing.get("options_hash") == options_hash
+                and existing.get("status") in ("ok", "skipped")
+                and (fingerprints is None or existing.get("fingerprints") == fingerprints)
+            ):
                 return CellOutcome(
                     enc_name, task.name, "up-to-date", existing.get("main_metric"), existing.get("main_value"),
                     existing.get("reason"), path,
@@ -202,9 +219,7 @@ class Runner:
                     f"encoder {enc_name!r} ({suite.encoders[enc_name].type}) does not take {modality} inputs "
                     f"(it takes: {', '.join(sorted(encoder.modalities)) or 'nothing'})"
                 )
-            result["fingerprints"]["encoder"] = encoder.fingerprint()
-            if dataset is not None:
-                result["fingerprints"]["dataset"] = dataset.fingerprint()
+            result["fingerprints"] = fingerprints or {}
             from .tasks.base import TaskContext
 
             def features(split: str):

@@ -55,8 +55,8 @@ def test_run_writes_one_result_per_cell_with_provenance(tmp_path):
                 "main_value", "options", "options_hash", "comparability_hash", "seed", "device", "timings",
                 "versions", "timestamp", "protocol_version", "peak_memory", "fingerprints"):
         assert key in r, key
-    assert r["status"] == "ok" and r["main_metric"] == "top1@k10"
-    assert r["main_value"] == r["metrics"]["top1@k10"]
+    assert r["status"] == "ok" and r["main_metric"] == "top1@k5"  # first k when 20 is absent
+    assert r["main_value"] == r["metrics"]["top1@k5"]
     assert r["options"]["task"]["k"] == [5, 10]
     assert r["options"]["dataset"]["type"] == "synthetic"
     assert set(r["timings"]) >= {"extraction_s", "fit_s", "total_s"}
@@ -161,9 +161,13 @@ def test_failed_cell_is_retried_on_rerun(tmp_path):
              x_test=rng.normal(size=(9, 4)), y_test=np.array([0, 1, 2] * 3))
     summary = run_suite(path)
     status = {(c.encoder, c.task): c.status for c in summary.cells}
-    assert status[("pixels", "arr-knn")] == "failed" and "non-finite" in _result(tmp_path, "pixels", "arr-knn")["reason"]
+    assert status[("pixels", "arr-knn")] == "failed" and "NaN" in _result(tmp_path, "pixels", "arr-knn")["reason"]
     assert status[("pixels", "syn-knn")] == "up-to-date"
     assert _result(tmp_path, "pixels", "arr-knn")["main_value"] is None
+    # unchanged suite and data: the failed cell is tried again, never taken as done
+    summary = run_suite(path)
+    status = {(c.encoder, c.task): c.status for c in summary.cells}
+    assert status[("pixels", "arr-knn")] == "failed" and status[("mock", "syn-knn")] == "up-to-date"
 
 
 def test_incapable_pair_is_a_skipped_cell(tmp_path):
