@@ -1,0 +1,135 @@
+"""``knn``: weighted k-nearest-neighbour classification on frozen features (InstDisc / DINO).
+
+Training and test features are L2-normalised; each test sample's ``k`` most cosine-similar
+training samples vote for their class with weight ``exp(similarity / temperature)``. One pass
+serves every ``k`` in the list. Metrics are ``top1@k<k>`` and ``top5@k<k>`` for each ``k``; the
+headline is ``top1@k20`` when 20 is among them, else the first ``k`` listed.
+
+In memory:
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> y = rng.integers(0, 4, size=300)
+>>> x = rng.normal(size=(300, 16)) + 3 * np.eye(4, 16)[y]
+>>> out = KnnTask.evaluate(x[:200], y[:200], x[200:], y[200:], {"k": [5, 20]})
+>>> out.main_metric, out.metrics["top1@k20"] > 0.9
+('top1@k20', True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..metrics.classification import check_classification_splits
+from ..options import option, parse_options
+from .base import Task, TaskContext, TaskOutput
+
+
+@dataclasses.dataclass
+class KnnOptions:
+    k: list[int] = option([10, 20, 100, 200], "neighbourhood sizes (one search serves all)")  # noqa: RUF009
+    temperature: float = option(0.07, "T in the vote weight exp(cosine / T)")
+    chunk_size: int | None = option(
+        None, "test rows per similarity block (default: ~64 MB of similarities on CPU, ~512 MB on GPU)"
+    )
+
+    def validate(self) -> None:
+        if not self.k:
+            raise ValueError("k: give at least one neighbourhood size")
+        if min(self.k) < 1:
+            raise ValueError(f"k: every k must be >= 1, got {self.k}")
+        if len(set(self.k)) != len(self.k):
+            raise ValueError(f"k: repeated values in {self.k}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
+
+def _resolve_options(cls: type, options: Any) -> Any:
+    """``options`` as a validated ``cls``: None gives the defaults, a dict is parsed strictly."""
+    if options is None:
+        options = cls()
+    elif isinstance(options, dict):
+        return parse_options(cls, options)
+    elif not isinstance(options, cls):
+        raise TypeError(f"expected {cls.__name__}, a dict or None, got {type(options).__name__}")
+    try:
+        options.validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return options
+
+
+class KnnTask(Task):
+    """Weighted k-NN top-1 / top-5 accuracy of the test split against the train split."""
+
+    Options = KnnOptions
+    protocol_version = "1"
+    dataset_kinds = ("classification",)
+    splits = ("train", "test")
+
+    @classmethod
+    def main_metric(cls, options: Any) -> str:
+        return f"top1@k{20 if 20 in options.k else options.k[0]}"
+
+    def run(self, ctx: TaskContext) -> TaskOutput:
+        x_train, y_train = ctx.features("train")
+        x_test, y_test = ctx.features("test")
+        return self.evaluate(x_train, y_train, x_test, y_test, self.options, device=ctx.device, seed=ctx.seed)
+
+    @classmethod
+    def evaluate(
+        cls,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        x_test: np.ndarray,
+        y_test: np.ndarray,
+        options: KnnOptions | dict[str, Any] | None = None,
+        *,
+        device: str = "cpu",
+        seed: int = 0,
+    ) -> TaskOutput:
+        """Run the protocol on in-memory features [N, D] and integer labels (``seed`` is unused:
+        the k-NN rule is deterministic; it is accepted so every task is called alike)."""
+        from ..metrics.knn import knn_metrics
+
+        opts = _resolve_options(KnnOptions, options)
+        try:
+            num_classes = check_classification_splits(x_train, y_train, x_test, y_test)
+        except ValueError as err:
+            raise DataError(f"knn: {err}") from None
+        if max(opts.k) > len(x_train):
+            raise DataError(f"knn: k={max(opts.k)} exceeds the {len(x_train)} training samples; lower k")
+        t0 = time.perf_counter()
+        per_k = knn_metrics(
+            x_train,
+            np.asarray(y_train),
+            x_test,
+            np.asarray(y_test),
+            ks=opts.k,
+            temperature=opts.temperature,
+            num_classes=num_classes,
+            chunk_size=opts.chunk_size,
+            device=device,
+        )
+        fit_s = time.perf_counter() - t0
+        metrics: dict[str, float] = {}
+        for k in opts.k:
+            metrics[f"top1@k{k}"] = per_k[k]["top1"]
+            metrics[f"top5@k{k}"] = per_k[k]["top5"]
+        details = {
+            "num_classes": num_classes,
+            "n_train": len(x_train),
+            "n_test": len(x_test),
+            "dim": int(np.shape(x_train)[1]),
+            "temperature": opts.temperature,
+        }
+        if num_classes < 5:
+            details["note"] = f"{num_classes} classes: top5 is top-{num_classes} accuracy (always 1)"
+        return TaskOutput(metrics, cls.main_metric(opts), details, {"fit_s": fit_s})
