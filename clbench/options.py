@@ -143,6 +143,23 @@ def parse_options(cls: type, raw: dict[str, Any], *, key: str = "") -> Any:
     return opts
 
 
+def resolve_options(cls: type, options: Any) -> Any:
+    """``options`` as a validated ``cls``: None gives the defaults, a dict is parsed strictly."""
+    if options is None:
+        options = cls()
+    elif isinstance(options, dict):
+        return parse_options(cls, options)
+    elif not isinstance(options, cls):
+        raise TypeError(f"expected {cls.__name__}, a dict or None, got {type(options).__name__}")
+    check = getattr(options, "validate", None)
+    if check is not None:
+        try:
+            check()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return options
+
+
 def describe_options(cls: type) -> list[tuple[str, str, str, str]]:
     """(name, type, default, help) for each option, for ``clbench list``."""
     hints = typing.get_type_hints(cls)

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..metrics.classification import check_classification_splits
-from ..options import option, parse_options
+from ..options import option, resolve_options
 from .base import Task, TaskContext, TaskOutput
 
 
@@ -51,19 +51,6 @@ class KnnOptions:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
 
 
-def _resolve_options(cls: type, options: Any) -> Any:
-    """``options`` as a validated ``cls``: None gives the defaults, a dict is parsed strictly."""
-    if options is None:
-        options = cls()
-    elif isinstance(options, dict):
-        return parse_options(cls, options)
-    elif not isinstance(options, cls):
-        raise TypeError(f"expected {cls.__name__}, a dict or None, got {type(options).__name__}")
-    try:
-        options.validate()
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    return options
 
 
 class KnnTask(Task):
@@ -99,7 +86,7 @@ class KnnTask(Task):
         the k-NN rule is deterministic; it is accepted so every task is called alike)."""
         from ..metrics.knn import knn_metrics
 
-        opts = _resolve_options(KnnOptions, options)
+        opts = resolve_options(KnnOptions, options)
         try:
             num_classes = check_classification_splits(x_train, y_train, x_test, y_test)
         except ValueError as err:

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..metrics.classification import check_classification_splits
-from ..options import option, parse_options
+from ..options import option, resolve_options
 from .base import Task, TaskContext, TaskOutput
 
 
@@ -77,20 +77,6 @@ class LinearProbeOptions:
             raise ValueError(f"tol must be > 0, got {self.tol}")
 
 
-def _resolve_options(options: Any) -> LinearProbeOptions:
-    if options is None:
-        options = LinearProbeOptions()
-    elif isinstance(options, dict):
-        return parse_options(LinearProbeOptions, options)
-    elif not isinstance(options, LinearProbeOptions):
-        raise TypeError(f"expected LinearProbeOptions, a dict or None, got {type(options).__name__}")
-    try:
-        options.validate()
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    return options
-
-
 def _frac_key(fraction: float) -> str:
     return f"frac{fraction:g}"
 
@@ -127,7 +113,7 @@ class LinearProbeTask(Task):
         """Run the protocol on in-memory features [N, D] and integer labels."""
         from ..metrics.linear import ProbeSettings, label_efficiency
 
-        opts = _resolve_options(options)
+        opts = resolve_options(LinearProbeOptions, options)
         try:
             num_classes = check_classification_splits(x_train, y_train, x_test, y_test)
         except ValueError as err:
