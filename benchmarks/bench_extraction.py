@@ -24,7 +24,7 @@ from clbench.encoders.timm_encoder import TimmEncoder
 from clbench.features import FeatureCache, FeatureStore, extract
 from clbench.options import parse_options
 
-N, SIZE, BATCH = int(os.environ.get("BENCH_N", 1536)), 64, 64
+N, SIZE, BATCH = int(os.environ.get("BENCH_N", "1536")), 64, 64
 
 
 class _Data:
@@ -85,9 +85,11 @@ def main() -> None:
     lines = [
         "# Extraction throughput",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU. "
-        f"timm resnet18 (random init), {N} images {SIZE}x{SIZE}x3, batch {BATCH}.",
+        (
+            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU. "
+            f"timm resnet18 (random init), {N} images {SIZE}x{SIZE}x3, batch {BATCH}."
+        ),
         "Produced by `python benchmarks/bench_extraction.py`; both paths run in the same process, interleaved, best of 3.",
         "",
         "| path | seconds | images/s | relative |",

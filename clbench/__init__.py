@@ -9,7 +9,7 @@ Public API (imports are lazy, so ``import clbench`` stays light):
 
 __version__ = "0.1.0"
 
-__all__ = ["run_suite", "evaluate", "evaluate_features", "__version__"]
+__all__ = ["__version__", "evaluate", "evaluate_features", "run_suite"]
 
 
 def __getattr__(name):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -45,11 +44,11 @@ def _fail(message: str, code: int = 2) -> None:
 @app.command()
 def run(
     suite: Path = typer.Argument(..., help="suite YAML file"),
-    only_encoder: Optional[List[str]] = typer.Option(None, "--only-encoder", help="run only this encoder (repeatable)"),
-    only_task: Optional[List[str]] = typer.Option(None, "--only-task", help="run only this task (repeatable)"),
+    only_encoder: list[str] | None = typer.Option(None, "--only-encoder", help="run only this encoder (repeatable)"),
+    only_task: list[str] | None = typer.Option(None, "--only-task", help="run only this task (repeatable)"),
     force: bool = typer.Option(False, "--force", help="recompute cells whose results already exist"),
-    device: Optional[str] = typer.Option(None, "--device", help="override the suite's device (auto, cpu, cuda, cuda:N)"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="feature cache folder (overrides the suite)"),
+    device: str | None = typer.Option(None, "--device", help="override the suite's device (auto, cpu, cuda, cuda:N)"),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="feature cache folder (overrides the suite)"),
 ) -> None:
     """Run every (encoder, task) cell of SUITE; exit 1 when any cell failed."""
     from .errors import ClbenchError, ConfigError
@@ -127,7 +126,7 @@ def list_plugins(kind: Kind = typer.Argument(..., help="encoders, datasets or ta
 def report(
     results_dir: Path = typer.Argument(..., help="results folder (e.g. results/quickstart)"),
     format: Format = typer.Option(Format.markdown, "--format", "-f", help="output format"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write to this file instead of stdout"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="write to this file instead of stdout"),
 ) -> None:
     """Encoders x tasks table of main metrics from result files (never imports torch)."""
     from .results.formats import report as render_report

@@ -24,7 +24,7 @@ class ConfigError(ClbenchError):
         parts = [p for p in (self.file, self.key) if p]
         return ": ".join(parts + [self.message])
 
-    def at(self, *, file: str | None = None, key_prefix: str | None = None) -> "ConfigError":
+    def at(self, *, file: str | None = None, key_prefix: str | None = None) -> ConfigError:
         """The same error, placed in ``file`` and below ``key_prefix``."""
         key = self.key
         if key_prefix:

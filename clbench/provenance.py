@@ -32,13 +32,13 @@ def git_info(folder: str) -> dict | None:
     """Commit and dirty flag of the repository containing ``folder``, or None."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"], check=False, cwd=folder, capture_output=True, text=True, timeout=5
         )
         if commit.returncode != 0:
             return None
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=folder, capture_output=True, text=True, timeout=5,
+            check=False, cwd=folder, capture_output=True, text=True, timeout=5,
         )
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 import traceback
 from pathlib import Path
@@ -233,7 +234,7 @@ class Runner:
             main_value = metrics.get(out.main_metric)
             if main_value is None:
                 raise ValueError(f"task did not produce its main metric {out.main_metric!r}")
-            if main_value != main_value:  # NaN never reaches a table
+            if isinstance(main_value, float) and math.isnan(main_value):  # NaN never reaches a table
                 raise ValueError(f"main metric {out.main_metric!r} is NaN")
             result.update(metrics=metrics, main_metric=out.main_metric, main_value=main_value, details=out.details)
             result["timings"].update(out.timings)
@@ -282,9 +283,9 @@ class Runner:
 def _number(v: Any) -> Any:
     if hasattr(v, "item"):
         v = v.item()
-    if isinstance(v, float) and v != v:
+    if isinstance(v, float) and math.isnan(v):
         return None
     return v
 
 
-__all__ = ["Runner", "RunSummary", "CellOutcome", "plan", "cell_options", "resolve_device", "__version__"]
+__all__ = ["CellOutcome", "RunSummary", "Runner", "__version__", "cell_options", "plan", "resolve_device"]

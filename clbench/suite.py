@@ -100,7 +100,7 @@ def read_yaml(path: Path) -> Any:
     except OSError as err:
         raise ConfigError(f"cannot read: {err.strerror}", file=str(path)) from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except ConfigError as err:
         raise err.at(file=str(path)) from None
     except yaml.YAMLError as err:

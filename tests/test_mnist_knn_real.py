@@ -52,3 +52,32 @@ def test_raw_pixel_knn_on_real_mnist():
     pred = weighted_knn_predict(x_train, train.labels, x_test, k=20, t=0.07)
     accuracy = float((pred == test.labels).mean())
     assert accuracy > 0.9, accuracy
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="shared MNIST copy not present")
+def test_mnist_suite_raw_pixels_knn_above_0_9(tmp_path):
+    """The same check through a suite file and the runner: the product's own k-NN task."""
+    from clbench.api import run_suite
+    from clbench.results.store import read_result
+
+    suite = tmp_path / "mnist.yaml"
+    suite.write_text(
+        "suite: mnist\n"
+        "device: cpu\n"
+        "encoders:\n  pixels: {type: identity}\n"
+        f"datasets:\n  mnist: {{type: mnist, path: {SHARED_MNIST.resolve()}, test_fraction: 0.2}}\n"
+        "tasks:\n  - {name: mnist-knn, type: knn, dataset: mnist}\n"
+    )
+    summary = run_suite(suite)
+    assert summary.ok
+    result = read_result(tmp_path / "results/mnist/pixels/mnist-knn.json")
+    assert result["main_metric"] == "top1@k20"
+    assert result["main_value"] > 0.9
+    # the reference rule written out above gives the same accuracy on the same split
+    ds = MnistDataset(MnistOptions(path=str(SHARED_MNIST.resolve()), test_fraction=0.2), root=REPO, seed=0)
+    train, test = ds.split("train"), ds.split("test")
+    pred = weighted_knn_predict(
+        train.items.reshape(len(train), -1).astype(np.float32), train.labels,
+        test.items.reshape(len(test), -1).astype(np.float32),
+    )
+    assert result["main_value"] == pytest.approx(float(np.mean(pred == test.labels)), abs=1e-9)

@@ -243,6 +243,6 @@ def test_cli_report_and_gate_never_import_torch(tmp_path):
         "assert not heavy, heavy\n"
         "print(r.output)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "syn-knn" in out.stdout

@@ -67,7 +67,7 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
 
     try:
         return load_file(str(path), device="cpu")
-    except Exception as err:  # noqa: BLE001 - SafetensorError, OSError, ...
+    except Exception as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({_short(err)})") from None
 
 
@@ -92,7 +92,7 @@ def _read_torch(path: Path, *, trust: bool) -> Any:
                 "`trust_checkpoint: true` on this encoder."
             ) from None
         raise CheckpointError(f"{path}: cannot unpickle checkpoint ({_short(err)})") from None
-    except Exception as err:  # noqa: BLE001 - truncated zip (RuntimeError), garbage (KeyError, EOFError), ...
+    except Exception as err:
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint; the file may be truncated or of another "
             f"kind ({type(err).__name__}: {_short(err)})"
@@ -104,7 +104,7 @@ def _unsafe_globals(path: Path) -> list[str]:
 
     try:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be scanned
+    except Exception:
         return []
 
 

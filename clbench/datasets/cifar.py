@@ -77,7 +77,7 @@ def load_pickle(path: Path) -> Any:
         return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except pickle.UnpicklingError as err:
         raise DataError(f"{path}: not a valid CIFAR pickle ({err})") from None
-    except Exception as err:  # noqa: BLE001 - a corrupt pickle fails in many ways (EOFError, ValueError, ...)
+    except Exception as err:
         raise DataError(f"{path}: not a valid CIFAR pickle ({type(err).__name__}: {err})") from None
 
 

@@ -54,7 +54,7 @@ class STSOptions:
     path: str = option(
         help="file or folder: STS-B .csv, SemEval STS.input.*.txt (or their folder), SICK, TSV/CSV/JSONL"
     )
-    format: Format = option("auto", "auto, stsb, semeval, sick, tsv, csv or jsonl")  # noqa: RUF009
+    format: Format = option("auto", "auto, stsb, semeval, sick, tsv, csv or jsonl")
     sentence1_field: str = option("sentence1", "first-sentence column or JSON field (tsv/csv/jsonl)")
     sentence2_field: str = option("sentence2", "second-sentence column or JSON field (tsv/csv/jsonl)")
     score_field: str = option("score", "gold-score column or JSON field (tsv/csv/jsonl)")

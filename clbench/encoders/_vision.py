@@ -49,11 +49,11 @@ class VisionOptions(EncoderOptions):
     checkpoint: str | None = option(
         None, "checkpoint file (.pth/.pt/.pth.tar/.ckpt/.safetensors), relative to the suite file"
     )
-    format: CheckpointFormat = option("auto", "checkpoint layout (method); auto: detected from its keys")  # noqa: RUF009
+    format: CheckpointFormat = option("auto", "checkpoint layout (method); auto: detected from its keys")
     checkpoint_key: str | None = option(
         None, "checkpoint entry holding the weights (e.g. 'student'; default 'teacher')"
     )
-    allow_missing: list[str] = option(  # noqa: RUF009
+    allow_missing: list[str] = option(
         [], "fnmatch patterns of model keys allowed to keep their initialisation"
     )
     trust_checkpoint: bool = option(
@@ -66,10 +66,10 @@ class VisionOptions(EncoderOptions):
     crop_pct: float | None = option(
         None, "image_size / resize_size when resize_size is not set (default 0.875)"
     )
-    interpolation: Interpolation | None = option(None, "resize interpolation (default: bilinear)")  # noqa: RUF009
+    interpolation: Interpolation | None = option(None, "resize interpolation (default: bilinear)")
     normalize: bool = option(True, "subtract mean and divide by std (false: [0, 1] input, e.g. SimCLR)")
-    mean: list[float] | None = option(None, "per-channel mean (default: ImageNet's, or the weights')")  # noqa: RUF009
-    std: list[float] | None = option(None, "per-channel std (default: ImageNet's, or the weights')")  # noqa: RUF009
+    mean: list[float] | None = option(None, "per-channel mean (default: ImageNet's, or the weights')")
+    std: list[float] | None = option(None, "per-channel std (default: ImageNet's, or the weights')")
 
     def validate(self) -> None:
         super().validate()

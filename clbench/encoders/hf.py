@@ -59,11 +59,11 @@ class TextModelOptions(EncoderOptions):
     cache_dir: str | None = option(None, "Hugging Face hub cache folder (default: HF_HUB_CACHE / HF_HOME)")
     max_seq_length: int | None = option(None, "truncate inputs to this many tokens (default: the model's)")
     normalize: bool = option(False, "L2-normalise the embeddings")
-    prompts: dict[str, str] = option({}, "text prefix per role: query, document, default (no role / other)")  # noqa: RUF009
+    prompts: dict[str, str] = option({}, "text prefix per role: query, document, default (no role / other)")
     query_prefix: str | None = option(None, "prefix for query texts (same as prompts.query)")
     document_prefix: str | None = option(None, "prefix for document texts (same as prompts.document)")
     trust_remote_code: bool = option(False, "run model code shipped with the checkpoint (off: safer)")
-    precision: Precision = option("fp32", "weights and compute dtype: fp32, fp16 or bf16")  # noqa: RUF009
+    precision: Precision = option("fp32", "weights and compute dtype: fp32, fp16 or bf16")
 
     def validate(self) -> None:
         super().validate()
@@ -261,7 +261,7 @@ class TextModelEncoder(Encoder):
 # -- the hf encoder -----------------------------------------------------------------------------
 @dataclasses.dataclass(kw_only=True)
 class HFOptions(TextModelOptions):
-    pooling: Pooling = option("mean", "cls, cls-before-pooler, mean, max or last-token")  # noqa: RUF009
+    pooling: Pooling = option("mean", "cls, cls-before-pooler, mean, max or last-token")
 
 
 def pool(hidden: Any, attention_mask: Any, mode: str, pooler_output: Any = None) -> Any:

@@ -38,13 +38,13 @@ _RESERVED_KWARGS = ("num_classes", "pretrained", "pretrained_cfg", "pretrained_c
 class TimmOptions(VisionOptions):
     model: str = option(help="timm model name, e.g. resnet50 or vit_small_patch16_224 (a .tag picks weights)")
     pretrained: bool = option(False, "timm's pretrained weights, read from the local Hugging Face cache only")
-    model_kwargs: dict[str, Any] = option(  # noqa: RUF009
+    model_kwargs: dict[str, Any] = option(
         {}, "extra arguments to timm.create_model (e.g. num_heads, img_size)"
     )
     layer: str | None = option(
         None, "feature layer: a block index for forward_intermediates (-1: last) or a module name"
     )
-    pooling: Pooling = option("default", "default: the model's own pooling (token for ViTs, avg for CNNs)")  # noqa: RUF009
+    pooling: Pooling = option("default", "default: the model's own pooling (token for ViTs, avg for CNNs)")
 
     def validate(self) -> None:
         super().validate()

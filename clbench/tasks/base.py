@@ -15,7 +15,8 @@ Subclasses set:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -77,3 +78,19 @@ class Task:
 
     def run(self, ctx: TaskContext) -> TaskOutput:
         raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    """A protocol on train/test features of a classification dataset.
+
+    Subclasses implement the classmethod ``evaluate(x_train, y_train, x_test, y_test, options,
+    *, device, seed) -> TaskOutput``; ``run`` feeds it the cached features.
+    """
+
+    dataset_kinds = ("classification",)
+    splits = ("train", "test")
+
+    def run(self, ctx: TaskContext) -> TaskOutput:
+        x_train, y_train = ctx.features("train")
+        x_test, y_test = ctx.features("test")
+        return self.evaluate(x_train, y_train, x_test, y_test, self.options, device=ctx.device, seed=ctx.seed)

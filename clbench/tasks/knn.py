@@ -27,12 +27,12 @@ import numpy as np
 from ..errors import DataError
 from ..metrics.classification import check_classification_splits
 from ..options import option, resolve_options
-from .base import Task, TaskContext, TaskOutput
+from .base import ClassificationTask, TaskOutput
 
 
 @dataclasses.dataclass
 class KnnOptions:
-    k: list[int] = option([10, 20, 100, 200], "neighbourhood sizes (one search serves all)")  # noqa: RUF009
+    k: list[int] = option([10, 20, 100, 200], "neighbourhood sizes (one search serves all)")
     temperature: float = option(0.07, "T in the vote weight exp(cosine / T)")
     chunk_size: int | None = option(
         None, "test rows per similarity block (default: ~64 MB of similarities on CPU, ~512 MB on GPU)"
@@ -53,22 +53,15 @@ class KnnOptions:
 
 
 
-class KnnTask(Task):
+class KnnTask(ClassificationTask):
     """Weighted k-NN top-1 / top-5 accuracy of the test split against the train split."""
 
     Options = KnnOptions
     protocol_version = "1"
-    dataset_kinds = ("classification",)
-    splits = ("train", "test")
 
     @classmethod
     def main_metric(cls, options: Any) -> str:
         return f"top1@k{20 if 20 in options.k else options.k[0]}"
-
-    def run(self, ctx: TaskContext) -> TaskOutput:
-        x_train, y_train = ctx.features("train")
-        x_test, y_test = ctx.features("test")
-        return self.evaluate(x_train, y_train, x_test, y_test, self.options, device=ctx.device, seed=ctx.seed)
 
     @classmethod
     def evaluate(

@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import DataError
 from ..metrics.classification import check_classification_splits
 from ..options import option, resolve_options
-from .base import Task, TaskContext, TaskOutput
+from .base import ClassificationTask, TaskOutput
 
 
 @dataclasses.dataclass
@@ -45,8 +45,8 @@ class LinearProbeOptions:
     c_max: float = option(1e6, "largest C searched (c_min == c_max fixes C and skips the sweep)")
     steps_per_decade: int = option(8, "grid points per decade of C")
     val_fraction: float = option(0.2, "share of each training class held out to choose C")
-    label_fractions: list[float] = option([1.0], "share of each class to train on, in (0, 1]")  # noqa: RUF009
-    seeds: list[int] = option([0], "one subsample per seed for each label fraction below 1")  # noqa: RUF009
+    label_fractions: list[float] = option([1.0], "share of each class to train on, in (0, 1]")
+    seeds: list[int] = option([0], "one subsample per seed for each label fraction below 1")
     max_iter: int = option(1000, "L-BFGS iterations per fit")
     tol: float = option(1e-8, "gradient tolerance of each fit (on the mean-scaled objective)")
     standardize: bool = option(False, "scale features by the training mean and std first")
@@ -81,22 +81,15 @@ def _frac_key(fraction: float) -> str:
     return f"frac{fraction:g}"
 
 
-class LinearProbeTask(Task):
+class LinearProbeTask(ClassificationTask):
     """Logistic-regression probe with CLIP's C sweep, optionally at several label fractions."""
 
     Options = LinearProbeOptions
     protocol_version = "1"
-    dataset_kinds = ("classification",)
-    splits = ("train", "test")
 
     @classmethod
     def main_metric(cls, options: Any) -> str:
         return "top1"
-
-    def run(self, ctx: TaskContext) -> TaskOutput:
-        x_train, y_train = ctx.features("train")
-        x_test, y_test = ctx.features("test")
-        return self.evaluate(x_train, y_train, x_test, y_test, self.options, device=ctx.device, seed=ctx.seed)
 
     @classmethod
     def evaluate(

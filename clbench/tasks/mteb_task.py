@@ -39,7 +39,7 @@ class MtebOptions:
     task_name: str = option(help="MTEB task name, an mteb mock task name, or package.module:Class")
     split: str | None = option(None, "evaluate only this split (default: the task's eval splits)")
     # option() gives list defaults a default_factory, so no instance shares a mutable default
-    languages: list[str] | None = option(None, "keep only these languages, e.g. [eng] or [eng-Latn]")  # noqa: RUF009
+    languages: list[str] | None = option(None, "keep only these languages, e.g. [eng] or [eng-Latn]")
     main_score: str | None = option(None, "report this MTEB metric as main instead of the task's main score")
 
     def validate(self) -> None:

@@ -35,7 +35,7 @@ MAIN_METRIC = "ndcg@10"
 @dataclasses.dataclass
 class RetrievalOptions:
     # option() turns a list default into a default_factory: no instance shares a mutable default
-    k_values: list[int] = option(list(DEFAULT_KS), "cut-offs for the metrics (10 is always computed)")  # noqa: RUF009
+    k_values: list[int] = option(list(DEFAULT_KS), "cut-offs for the metrics (10 is always computed)")
     chunk_size: int = option(32768, "corpus documents scored per block (bounds search memory)")
     similarity: Literal["auto", "cosine", "dot"] = option(
         "auto", "auto: the encoder's own similarity (cosine for most); cosine or dot to override"

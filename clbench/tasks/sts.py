@@ -46,7 +46,7 @@ MainMetric = Literal[
 
 @dataclasses.dataclass
 class STSTaskOptions:
-    metric: MainMetric = option(  # noqa: RUF009
+    metric: MainMetric = option(
         "cosine_spearman", "headline metric: <cosine|euclidean|manhattan|dot>_<spearman|pearson>"
     )
 
