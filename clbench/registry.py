@@ -75,6 +75,9 @@ ENCODERS = Registry(
         "mock": "clbench.encoders.mock:MockEncoder",
         "sentence-transformers": "clbench.encoders.sentence_transformers:SentenceTransformerEncoder",
         "hf": "clbench.encoders.hf:HFEncoder",
+        "open_clip": "clbench.encoders.open_clip_encoder:OpenClipEncoder",
+        "hf-clip": "clbench.encoders.hf_clip:HFClipEncoder",
+        "precomputed": "clbench.encoders.precomputed:PrecomputedEncoder",
     },
 )
 
@@ -89,6 +92,11 @@ DATASETS = Registry(
         "synthetic": "clbench.datasets.synthetic:SyntheticDataset",
         "sts": "clbench.datasets.sts:STSDataset",
         "beir": "clbench.datasets.beir:BeirDataset",
+        "coco-captions": "clbench.datasets.captions:CocoCaptionsDataset",
+        "karpathy": "clbench.datasets.captions:KarpathyDataset",
+        "image-captions": "clbench.datasets.captions:ImageCaptionsDataset",
+        "labels": "clbench.datasets.labels:LabelsDataset",
+        "interactions": "clbench.datasets.interactions:InteractionsDataset",
     },
 )
 
@@ -100,6 +108,14 @@ TASKS = Registry(
         "sts": "clbench.tasks.sts:STSTask",
         "retrieval": "clbench.tasks.retrieval:RetrievalTask",
         "mteb": "clbench.tasks.mteb_task:MtebTask",
+        "zero_shot": "clbench.tasks.zero_shot:ZeroShotTask",
+        "image_text_retrieval": "clbench.tasks.image_text_retrieval:ImageTextRetrievalTask",
+        "diagnostics": "clbench.tasks.diagnostics:DiagnosticsTask",
+        "clustering": "clbench.tasks.clustering:ClusteringTask",
+        "regression_probe": "clbench.tasks.regression_probe:RegressionProbeTask",
+        "multilabel_probe": "clbench.tasks.multilabel_probe:MultilabelProbeTask",
+        "node_classification": "clbench.tasks.node_classification:NodeClassificationTask",
+        "recommendation": "clbench.tasks.recommendation:RecommendationTask",
     },
 )
 

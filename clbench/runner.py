@@ -214,12 +214,13 @@ class Runner:
         try:
             encoder = self.encoder(enc_name)
             dataset = self.dataset(task.dataset) if task.dataset else None
-            modality = task.cls.modality or (dataset.modality if dataset else None)
-            if modality is not None and not encoder.supports(modality):
-                raise CapabilityError(
-                    f"encoder {enc_name!r} ({suite.encoders[enc_name].type}) does not take {modality} inputs "
-                    f"(it takes: {', '.join(sorted(encoder.modalities)) or 'nothing'})"
-                )
+            needed = task.cls.modalities or (task.cls.modality or (dataset.modality if dataset else None),)
+            for modality in needed:
+                if modality is not None and not encoder.supports(modality):
+                    raise CapabilityError(
+                        f"encoder {enc_name!r} ({suite.encoders[enc_name].type}) does not take {modality} inputs "
+                        f"(it takes: {', '.join(sorted(encoder.modalities)) or 'nothing'})"
+                    )
             result["fingerprints"] = fingerprints or {}
             from .tasks.base import TaskContext
 

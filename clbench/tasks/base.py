@@ -67,6 +67,9 @@ class Task:
     needs_dataset: ClassVar[bool] = True
     #: the encoder modality the task needs; None means "the dataset's modality"
     modality: ClassVar[str | None] = None
+    #: several modalities the encoder must take (e.g. ("image", "text") for zero-shot); overrides
+    #: ``modality`` when set
+    modalities: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, options: Any, *, name: str = "task"):
         self.options = options
