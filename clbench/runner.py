@@ -21,8 +21,8 @@ from .errors import CapabilityError, ClbenchError
 from .features import FeatureCache, FeatureStore
 from .options import options_dict, stable_hash
 from .provenance import folder_of, git_info, host, peak_rss_mb, utc_now, versions
-from .results.store import SCHEMA_VERSION, cell_path, read_result, write_result
-from .suite import Suite, TaskSpec, build_dataset, build_encoder
+from .results.store import SCHEMA_VERSION, atomic_write_bytes, cell_path, read_result, write_result
+from .suite import NAME_RE, Suite, TaskSpec, build_dataset, build_encoder
 
 
 @dataclasses.dataclass
@@ -144,6 +144,18 @@ class Runner:
         except Exception:
             return None
 
+    @staticmethod
+    def _write_artifacts(path: Path, task_name: str, artifacts: dict[str, bytes]) -> list[str]:
+        """Write a task's sidecar files next to its result (atomically); their names."""
+        names = []
+        for name, data in artifacts.items():
+            if not NAME_RE.match(name) or "/" in name:
+                raise ValueError(f"invalid artifact name {name!r}")
+            target = path.with_name(f"{task_name}.{name}")
+            atomic_write_bytes(target, data)
+            names.append(target.name)
+        return names
+
     def run(self, only_encoders=None, only_tasks=None) -> RunSummary:
         outcomes = []
         for enc_name, task in plan(self.suite, only_encoders, only_tasks):
@@ -238,6 +250,7 @@ class Runner:
             if isinstance(main_value, float) and math.isnan(main_value):  # NaN never reaches a table
                 raise ValueError(f"main metric {out.main_metric!r} is NaN")
             result.update(metrics=metrics, main_metric=out.main_metric, main_value=main_value, details=out.details)
+            result["artifacts"] = self._write_artifacts(path, task.name, out.artifacts)
             result["timings"].update(out.timings)
             if getattr(task.cls, "higher_is_better", True) is False:
                 result["higher_is_better"] = False

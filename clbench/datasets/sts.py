@@ -94,6 +94,9 @@ class STSDataset(Dataset):
         super().__init__(options, **kw)
         self._pairs: dict[str, Any] | None = None
 
+    #: row-aligned splits whose rows are positive pairs (read by the ``diagnostics`` task)
+    pair_splits = ("sentence1", "sentence2")
+
     def _get(self, name: str) -> Any:
         if self._pairs is None:
             self.split("sentences")  # reads the file
@@ -155,7 +158,13 @@ class STSDataset(Dataset):
             "subsets": pairs.subsets,
             "format": fmt,
         }
-        return {"sentences": Split(items=list(index), modality="text")}
+        sentences = list(index)
+        return {
+            "sentences": Split(items=sentences, modality="text"),
+            # row-aligned views of the pairs: positive pairs for the alignment diagnostic
+            "sentence1": Split(items=[sentences[i] for i in a], modality="text"),
+            "sentence2": Split(items=[sentences[i] for i in b], modality="text"),
+        }
 
 
 # -- reading -------------------------------------------------------------------------------------

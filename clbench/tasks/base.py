@@ -29,6 +29,8 @@ class TaskOutput:
     main_metric: str
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: files written next to the result as ``<task>.<name>`` (e.g. ``{"spectrum.png": b"..."}``)
+    artifacts: dict[str, bytes] = dataclasses.field(default_factory=dict)
 
 
 class TaskContext:
