@@ -85,8 +85,8 @@ class FeatureCache:
         entry = self.entry(key)
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = entry.parent / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
         try:
+            tmp.mkdir()  # inside the try: an interrupt right after it still removes the folder
             files = {}
             arrays = {"x.npy": np.ascontiguousarray(x, dtype=np.float32)}
             if y is not None:
@@ -99,8 +99,11 @@ class FeatureCache:
                 files[fname] = {"size": (tmp / fname).stat().st_size, "checksum": _checksum(tmp / fname)}
             full = dict(meta, key=key, format=CACHE_FORMAT, shape=list(x.shape), files=files, created=time.time())
             (tmp / "meta.json").write_text(json.dumps(full, indent=1, sort_keys=True, default=str))
-            if entry.exists():  # a stale or concurrent entry: replace it
-                self._discard(entry)
+            if entry.exists():
+                if self.load(key) is not None:  # an equal, valid entry (a concurrent run): keep it
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return entry
+                self._discard(entry)  # load() discarded a corrupt one already; a no-op then
             try:
                 os.rename(tmp, entry)
             except OSError:  # another process won the race with an equal entry

@@ -79,7 +79,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict[Any, Any] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged by SafeLoader below
+            continue
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:  # `? [a, b]` or `{a: 1}: x`: a list or mapping as a key
+            mark = key_node.start_mark
+            raise ConfigError(f"a list or mapping cannot be a key (line {mark.line + 1})") from None
         if key in seen:
             mark = key_node.start_mark
             raise ConfigError(f"duplicate key {key!r} (line {mark.line + 1})")
@@ -158,7 +165,8 @@ def _parse(data: Any, path: Path) -> Suite:
         if key not in TOP_LEVEL:
             hint = difflib.get_close_matches(str(key), list(TOP_LEVEL), n=1)
             extra = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ConfigError(f"unknown key{extra} (allowed: {', '.join(TOP_LEVEL)})", key=str(key))
+            shown = str(key) if str(key).strip() else repr(key)  # an empty key path would be invisible
+            raise ConfigError(f"unknown key{extra} (allowed: {', '.join(TOP_LEVEL)})", key=shown)
     _expect(data.get("version", 1) == 1, f"unsupported suite version {data.get('version')!r} (expected 1)", "version")
     _expect("suite" in data, "missing required key: the suite's name", "suite")
     name = _check_name(data["suite"], "suite", "suite")
