@@ -94,6 +94,19 @@ class ClassificationTask(Task):
 
     dataset_kinds = ("classification",)
     splits = ("train", "test")
+    #: the task type, used in error messages
+    type_name: ClassVar[str] = "classification"
+
+    @classmethod
+    def num_classes(cls, x_train: Any, y_train: Any, x_test: Any, y_test: Any) -> int:
+        """Check the splits agree (shapes, labels seen in training) and count the classes."""
+        from ..errors import DataError
+        from ..metrics.classification import check_classification_splits
+
+        try:
+            return check_classification_splits(x_train, y_train, x_test, y_test)
+        except ValueError as err:
+            raise DataError(f"{cls.type_name}: {err}") from None
 
     def run(self, ctx: TaskContext) -> TaskOutput:
         x_train, y_train = ctx.features("train")

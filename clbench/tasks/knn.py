@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from ..metrics.classification import check_classification_splits
 from ..options import option, resolve_options
 from .base import ClassificationTask, TaskOutput
 
@@ -58,6 +57,7 @@ class KnnTask(ClassificationTask):
 
     Options = KnnOptions
     protocol_version = "1"
+    type_name = "knn"
 
     @classmethod
     def main_metric(cls, options: Any) -> str:
@@ -80,10 +80,7 @@ class KnnTask(ClassificationTask):
         from ..metrics.knn import knn_metrics
 
         opts = resolve_options(KnnOptions, options)
-        try:
-            num_classes = check_classification_splits(x_train, y_train, x_test, y_test)
-        except ValueError as err:
-            raise DataError(f"knn: {err}") from None
+        num_classes = cls.num_classes(x_train, y_train, x_test, y_test)
         if max(opts.k) > len(x_train):
             raise DataError(f"knn: k={max(opts.k)} exceeds the {len(x_train)} training samples; lower k")
         t0 = time.perf_counter()

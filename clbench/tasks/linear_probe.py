@@ -33,8 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from ..metrics.classification import check_classification_splits
 from ..options import option, resolve_options
 from .base import ClassificationTask, TaskOutput
 
@@ -86,6 +84,7 @@ class LinearProbeTask(ClassificationTask):
 
     Options = LinearProbeOptions
     protocol_version = "1"
+    type_name = "linear_probe"
 
     @classmethod
     def main_metric(cls, options: Any) -> str:
@@ -107,10 +106,7 @@ class LinearProbeTask(ClassificationTask):
         from ..metrics.linear import ProbeSettings, label_efficiency
 
         opts = resolve_options(LinearProbeOptions, options)
-        try:
-            num_classes = check_classification_splits(x_train, y_train, x_test, y_test)
-        except ValueError as err:
-            raise DataError(f"linear_probe: {err}") from None
+        num_classes = cls.num_classes(x_train, y_train, x_test, y_test)
         settings = ProbeSettings(
             c_min=opts.c_min,
             c_max=opts.c_max,

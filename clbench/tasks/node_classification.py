@@ -28,8 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from ..metrics.classification import check_classification_splits
 from ..options import option, resolve_options
 from .base import ClassificationTask, TaskOutput
 
@@ -71,6 +69,7 @@ class NodeClassificationTask(ClassificationTask):
 
     Options = NodeClassificationOptions
     protocol_version = "1"
+    type_name = "node_classification"
 
     @classmethod
     def main_metric(cls, options: Any) -> str:
@@ -92,10 +91,7 @@ class NodeClassificationTask(ClassificationTask):
         from ..metrics.multilabel import f1_scores
 
         opts = resolve_options(NodeClassificationOptions, options)
-        try:
-            num_classes = check_classification_splits(x_train, y_train, x_test, y_test)
-        except ValueError as err:
-            raise DataError(f"node_classification: {err}") from None
+        num_classes = cls.num_classes(x_train, y_train, x_test, y_test)
         ytr, yte = np.asarray(y_train), np.asarray(y_test)
         xtr, xte = np.asarray(x_train, dtype=np.float32), np.asarray(x_test, dtype=np.float32)
         if opts.standardize:
