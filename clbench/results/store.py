@@ -20,8 +20,10 @@ Layout: ``<output>/<suite>/<encoder>/<task>.json``. A result is a plain dict wit
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,12 +49,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = None
     try:
         # created inside the try: a KeyboardInterrupt right after mkstemp still removes the file
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _remove_orphans(path)
     except BaseException:
         if tmp is not None:
             try:
@@ -60,6 +63,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             except OSError:
                 pass
         raise
+
+
+def _owner() -> str:
+    """``<host>-<pid>``: lets a later writer tell a dead process's temporary file from a live one."""
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove temporary siblings of ``path`` left by processes of this host that no longer run
+    (a SIGKILL between create and rename). Files of live processes or other hosts are kept."""
+    host = socket.gethostname().replace(".", "_")
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}-*.tmp"):
+        pid_part = tmp.name[len(f".{path.name}.{host}-") :].split(".", 1)[0]
+        if not pid_part.isdigit() or int(pid_part) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_part), 0)
+        except ProcessLookupError:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+        except OSError:  # exists but not ours to signal: alive
+            continue
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
