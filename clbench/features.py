@@ -223,6 +223,16 @@ class FeatureStore:
         self.progress_factory = progress_factory
         self.log: list[dict] = []
         self._setup_errors: dict[int, BaseException] = {}
+        self._fingerprints: dict[int, tuple[Any, dict]] = {}
+
+    def fingerprint(self, obj: Any) -> dict:
+        """``obj.fingerprint()``, computed once per object for the run (it may walk a folder or hash
+        weights: doing that for every split of every cell is wasted I/O)."""
+        hit = self._fingerprints.get(id(obj))
+        if hit is None or hit[0] is not obj:
+            hit = (obj, obj.fingerprint())
+            self._fingerprints[id(obj)] = hit
+        return hit[1]
 
     def _setup(self, encoder) -> None:
         """Set the encoder up once; a failure is remembered and re-raised for its other cells."""
@@ -235,8 +245,8 @@ class FeatureStore:
             raise
 
     def get(self, encoder, dataset, split_name: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
-        enc_fp = encoder.fingerprint()
-        ds_fp = dataset.fingerprint()
+        enc_fp = self.fingerprint(encoder)
+        ds_fp = self.fingerprint(dataset)
         key = self.cache.key(enc_fp, ds_fp, split_name)
         hit = self.cache.load(key)
         if hit is not None:

@@ -137,9 +137,9 @@ class Runner:
     def _fingerprints(self, enc_name: str, task: TaskSpec) -> dict | None:
         """Identity of the weights and data behind a cell (None when it cannot be computed)."""
         try:
-            fps = {"encoder": self.encoder(enc_name).fingerprint()}
+            fps = {"encoder": self.store.fingerprint(self.encoder(enc_name))}
             if task.dataset:
-                fps["dataset"] = self.dataset(task.dataset).fingerprint()
+                fps["dataset"] = self.store.fingerprint(self.dataset(task.dataset))
             return json.loads(json.dumps(fps, default=str))  # as it reads back from the file
         except Exception:
             return None

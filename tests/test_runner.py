@@ -246,3 +246,20 @@ def test_cli_report_and_gate_never_import_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "syn-knn" in out.stdout
+
+
+def test_fingerprints_are_computed_once_per_run(tmp_path, monkeypatch):
+    """Fingerprints may walk a dataset folder or hash weights: once per object, not per split or cell."""
+    from clbench.datasets.synthetic import SyntheticDataset
+
+    calls = []
+    original = SyntheticDataset.fingerprint
+
+    def counting(self):
+        calls.append(self.name)
+        return original(self)
+
+    monkeypatch.setattr(SyntheticDataset, "fingerprint", counting)
+    summary = run_suite(_write(tmp_path))  # 3 cells, 2 splits each, one dataset
+    assert summary.ok
+    assert calls == ["syn"]

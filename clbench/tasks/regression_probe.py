@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..options import option, resolve_options
-from .base import Task, TaskContext, TaskOutput
+from .base import ClassificationTask, TaskOutput
 
 
 @dataclasses.dataclass
@@ -49,22 +49,17 @@ def _targets(y: Any, split: str) -> np.ndarray:
     return y.astype(np.float64)
 
 
-class RegressionProbeTask(Task):
+class RegressionProbeTask(ClassificationTask):
     """Ridge regression with cross-validated alpha; R2, MAE, RMSE and Spearman on the test split."""
 
     Options = RegressionProbeOptions
     protocol_version = "1"
+    type_name = "regression_probe"
     dataset_kinds = ("classification", "regression")
-    splits = ("train", "test")
 
     @classmethod
     def main_metric(cls, options: Any) -> str:
         return "r2"
-
-    def run(self, ctx: TaskContext) -> TaskOutput:
-        x_train, y_train = ctx.features("train")
-        x_test, y_test = ctx.features("test")
-        return self.evaluate(x_train, y_train, x_test, y_test, self.options, seed=ctx.seed)
 
     @classmethod
     def evaluate(
