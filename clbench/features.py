@@ -6,6 +6,13 @@ every task and every re-run. An entry is a folder ``<cache>/features/<kk>/<key>/
 ``meta.json`` (shapes, checksums, fingerprints). Entries are written into a temporary folder and
 renamed into place, so a reader sees a whole entry or none; a corrupt or truncated entry (bad
 checksum, wrong size, unreadable) is detected on read, discarded and recomputed.
+
+Temporary folders are named ``.tmp-<key>.<host>.<pid>.<random>``: those of processes of this host
+that no longer run (a SIGKILL during a write) are removed by the next run; a temporary folder is
+never read, since entries are looked up by key only. Concurrent runs extract an entry once: the
+extractor holds ``.<key>.lock`` (:mod:`clbench.locks`); another process wanting that entry waits,
+then reads it. A cache folder that cannot be written (read-only, full) is not fatal: features are
+kept in memory for the run, with a warning, and recorded as ``cache_error`` in the result.
 """
 
 from __future__ import annotations
@@ -14,13 +21,17 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .locks import FileLock, LockBusy, remove_if_unlocked
 from .options import stable_hash
 
 CACHE_ENV = "CLBENCH_CACHE_DIR"
@@ -36,6 +47,31 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "clbench"
+
+
+def _owner() -> str:
+    """``<host>.<pid>`` (dots in the host name replaced): whose temporary folder this is."""
+    return f"{socket.gethostname().replace('.', '_')}.{os.getpid()}"
+
+
+def _dead_owner(name: str) -> bool:
+    """True when the temporary name ``.tmp-<key>.<host>.<pid>.<rand>`` (or ``.trash-...``) belongs to
+    a process of this host that no longer runs; False for live, foreign or unparsable owners."""
+    parts = name.split(".")
+    if len(parts) != 5 or not parts[3].isdigit():
+        return False
+    if parts[2] != socket.gethostname().replace(".", "_"):
+        return False
+    pid = int(parts[3])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else: alive
+        return False
+    return False
 
 
 def _checksum(path: Path) -> str:
@@ -57,6 +93,28 @@ class FeatureCache:
 
     def entry(self, key: str) -> Path:
         return self.root / "features" / key[:2] / key
+
+    def lock(self, key: str) -> FileLock:
+        """The lock serialising the extraction of ``key`` across processes."""
+        return FileLock(self.entry(key).with_name(f".{key}.lock"))
+
+    def sweep(self) -> int:
+        """Remove temporary and trashed folders of dead processes of this host, and lock files no
+        process holds; the number of folders removed. Never raises on a file-system error."""
+        removed = 0
+        features = self.root / "features"
+        try:
+            leftovers = list(features.glob("*/.tmp-*")) + list(features.glob("*/.trash-*"))
+            locks = list(features.glob("*/.*.lock"))
+        except OSError:
+            return 0
+        for path in leftovers:
+            if _dead_owner(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+                removed += not path.exists()
+        for path in locks:
+            remove_if_unlocked(path)
+        return removed
 
     def load(self, key: str) -> tuple[np.ndarray, np.ndarray | None, dict] | None:
         """The cached (x, y, meta) for ``key``; None when absent or invalid (then removed)."""
@@ -84,7 +142,7 @@ class FeatureCache:
     def store(self, key: str, x: np.ndarray, y: np.ndarray | None, meta: dict) -> Path:
         entry = self.entry(key)
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.parent / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = entry.parent / f".tmp-{key}.{_owner()}.{uuid.uuid4().hex[:8]}"
         try:
             tmp.mkdir()  # inside the try: an interrupt right after it still removes the folder
             files = {}
@@ -114,7 +172,7 @@ class FeatureCache:
         return entry
 
     def _discard(self, entry: Path) -> None:
-        trash = entry.parent / f".trash-{entry.name}-{uuid.uuid4().hex[:8]}"
+        trash = entry.parent / f".trash-{entry.name}.{_owner()}.{uuid.uuid4().hex[:8]}"
         try:
             os.rename(entry, trash)
         except OSError:
@@ -123,9 +181,19 @@ class FeatureCache:
 
 
 def auto_workers(requested: int) -> int:
+    """``requested``, or (-1) the CPUs this process may use, shared among the processes torchrun
+    started on this machine (``LOCAL_WORLD_SIZE``), one left for the main loop, at most 8."""
     if requested >= 0:
         return requested
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(0, min(8, cpus // local - 1))
 
 
 class _Preprocessed:
@@ -139,6 +207,30 @@ class _Preprocessed:
 
     def __getitem__(self, i: int):
         return self.encoder.preprocess(self.items[i], self.modality)
+
+
+def _worker_errors_unwrapped(loader):
+    """Iterate ``loader``; an error re-raised from a DataLoader worker carries the worker's
+    traceback in its message: raise it with only the original message (it names the file)."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as err:
+            text = str(err)
+            if "DataLoader worker process" not in text or "Traceback" not in text:
+                raise
+            last = [line for line in text.splitlines() if line.strip()][-1]
+            prefix = f"{type(err).__module__}.{type(err).__name__}: "
+            message = last.removeprefix(prefix)
+            try:
+                clean = type(err)(message)
+            except Exception:
+                raise err from None
+            raise clean from None
+        yield batch
 
 
 def _to_numpy(out: Any) -> np.ndarray:
@@ -196,7 +288,7 @@ def extract(encoder, split, *, device: str = "cpu", progress: Any = None, descri
             persistent_workers=False,
         )
         pos = 0
-        for batch in loader:
+        for batch in _worker_errors_unwrapped(loader):
             if isinstance(batch, torch.Tensor):
                 batch = batch.to(device, non_blocking=True)
             emb = _to_numpy(encoder.encode(batch, modality, split.role))
@@ -217,10 +309,16 @@ def extract(encoder, split, *, device: str = "cpu", progress: Any = None, descri
 class FeatureStore:
     """Features for a run: cache look-up, extraction on a miss, and provenance of what happened."""
 
-    def __init__(self, cache: FeatureCache, *, device: str = "cpu", progress_factory=None):
+    def __init__(
+        self, cache: FeatureCache, *, device: str = "cpu", progress_factory=None,
+        warn: Callable[[str], None] | None = None,
+    ):
         self.cache = cache
         self.device = device
         self.progress_factory = progress_factory
+        self._warn = warn
+        self._warned: set[str] = set()
+        cache.sweep()  # leftovers of killed runs
         self.log: list[dict] = []
         self._setup_errors: dict[int, BaseException] = {}
         self._fingerprints: dict[int, tuple[Any, dict]] = {}
@@ -244,20 +342,77 @@ class FeatureStore:
             self._setup_errors[id(encoder)] = err
             raise
 
+    def setup_encoder(self, encoder) -> None:
+        """Set ``encoder`` up on this store's device (once; a failure is re-raised for its other cells)."""
+        self._setup(encoder)
+
+    def put(self, key: str, encoder, dataset, split_name: str, x: np.ndarray, labels, **encoder_info: Any) -> None:
+        """Store features extracted outside :meth:`get` (by the ranks of a torchrun run) under ``key``,
+        with the same metadata :meth:`get` writes; ``encoder_info`` adds provenance."""
+        if not np.all(np.isfinite(x)):
+            bad = int(np.sum(~np.isfinite(x).all(axis=1)))
+            raise ValueError(f"encoder {encoder.name!r} produced non-finite embeddings for {bad} samples")
+        meta = {
+            "encoder": self.fingerprint(encoder), "dataset": self.fingerprint(dataset), "split": split_name,
+            "coverage": encoder.coverage, "encoder_info": {**encoder.info(), **encoder_info},
+        }
+        self.cache.store(key, x, labels, meta)
+
+    def warn(self, message: str) -> None:
+        if message in self._warned:
+            return
+        self._warned.add(message)
+        if self._warn is not None:
+            self._warn(message)
+        else:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def _hit(self, key: str, split_name: str, hit) -> tuple[np.ndarray, np.ndarray | None, dict]:
+        STATS["cache_hits"] += 1
+        x, y, meta = hit
+        info = {
+            "split": split_name, "key": key, "cached": True, "n": int(x.shape[0]), "dim": int(x.shape[1]),
+            "coverage": meta.get("coverage"), "encoder_info": meta.get("encoder_info", {}),
+        }
+        if meta.get("dataset_info"):
+            info["dataset_info"] = meta["dataset_info"]
+        self.log.append(info)
+        return x, y, info
+
+    def _lock(self, key: str) -> FileLock | None:
+        """Hold the extraction lock of ``key``, waiting for another process that holds it; None
+        when the cache folder cannot hold a lock file (then extract without one)."""
+        lock = self.cache.lock(key)
+        try:
+            try:
+                return lock.acquire(blocking=False)
+            except LockBusy as busy:
+                who = f"{busy.holder.get('host', '?')} pid {busy.holder.get('pid', '?')}"
+                self.warn(f"waiting for features being extracted by {who} ({key})")
+                return lock.acquire(blocking=True)
+        except OSError as err:
+            self.warn(f"feature cache {self.cache.root} cannot be written ({err.strerror or err}): "
+                      "features are kept in memory for this run")
+            return None
+
     def get(self, encoder, dataset, split_name: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
         enc_fp = self.fingerprint(encoder)
         ds_fp = self.fingerprint(dataset)
         key = self.cache.key(enc_fp, ds_fp, split_name)
         hit = self.cache.load(key)
         if hit is not None:
-            STATS["cache_hits"] += 1
-            x, y, meta = hit
-            info = {
-                "split": split_name, "key": key, "cached": True, "n": int(x.shape[0]), "dim": int(x.shape[1]),
-                "coverage": meta.get("coverage"), "encoder_info": meta.get("encoder_info", {}),
-            }
-            self.log.append(info)
-            return x, y, info
+            return self._hit(key, split_name, hit)
+        lock = self._lock(key)
+        try:
+            hit = self.cache.load(key) if lock is not None else None  # written while we waited
+            if hit is not None:
+                return self._hit(key, split_name, hit)
+            return self._extract(encoder, dataset, split_name, key, enc_fp, ds_fp)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _extract(self, encoder, dataset, split_name: str, key: str, enc_fp: dict, ds_fp: dict):
         STATS["cache_misses"] += 1
         split = dataset.split(split_name)
         self._setup(encoder)
@@ -272,11 +427,23 @@ class FeatureStore:
         if not np.all(np.isfinite(x)):
             bad = int(np.sum(~np.isfinite(x).all(axis=1)))
             raise ValueError(f"encoder {encoder.name!r} produced non-finite embeddings for {bad} samples")
+        if len(x) and not np.any(x):  # a dead encoder (zeroed weights, wrong layer): every metric is noise
+            raise ValueError(f"encoder {encoder.name!r} produced all-zero embeddings for all {len(x)} samples "
+                             f"of {dataset.name}/{split_name}")
         meta = {
             "encoder": enc_fp, "dataset": ds_fp, "split": split_name,
             "coverage": encoder.coverage, "encoder_info": encoder.info(),
         }
-        self.cache.store(key, x, split.labels, meta)
+        dataset_info = dataset.info() if hasattr(dataset, "info") else {}  # e.g. skipped undecodable files
+        if dataset_info:
+            meta["dataset_info"] = dataset_info
+        cache_error = None
+        try:
+            self.cache.store(key, x, split.labels, meta)
+        except OSError as err:  # read-only or full cache: the run goes on with in-memory features
+            cache_error = f"{err.filename or self.cache.root}: {err.strerror or err}"
+            self.warn(f"feature cache {self.cache.root} cannot be written ({err.strerror or err}): "
+                      "features are kept in memory for this run")
         info = {
             "split": split_name,
             "key": key,
@@ -288,5 +455,9 @@ class FeatureStore:
             "coverage": encoder.coverage,
             "encoder_info": encoder.info(),
         }
+        if cache_error:
+            info["cache_error"] = cache_error
+        if dataset_info:
+            info["dataset_info"] = dataset_info
         self.log.append(info)
         return x, split.labels, info

@@ -78,6 +78,7 @@ ENCODERS = Registry(
         "open_clip": "clbench.encoders.open_clip_encoder:OpenClipEncoder",
         "hf-clip": "clbench.encoders.hf_clip:HFClipEncoder",
         "precomputed": "clbench.encoders.precomputed:PrecomputedEncoder",
+        "zoo": "clbench.encoders.zoo:ZooEncoder",
     },
 )
 
@@ -97,6 +98,11 @@ DATASETS = Registry(
         "image-captions": "clbench.datasets.captions:ImageCaptionsDataset",
         "labels": "clbench.datasets.labels:LabelsDataset",
         "interactions": "clbench.datasets.interactions:InteractionsDataset",
+        "coco": "clbench.datasets.coco_instances:CocoDataset",
+        "voc-detection": "clbench.datasets.coco_instances:VocDetectionDataset",
+        "mask-folder": "clbench.datasets.segmentation:MaskFolderDataset",
+        "voc-segmentation": "clbench.datasets.segmentation:VocSegmentationDataset",
+        "coco-semantic": "clbench.datasets.coco_semantic:CocoSemanticDataset",
     },
 )
 
@@ -116,6 +122,8 @@ TASKS = Registry(
         "multilabel_probe": "clbench.tasks.multilabel_probe:MultilabelProbeTask",
         "node_classification": "clbench.tasks.node_classification:NodeClassificationTask",
         "recommendation": "clbench.tasks.recommendation:RecommendationTask",
+        "detection": "clbench.tasks.detection:DetectionTask",
+        "segmentation": "clbench.tasks.segmentation:SegmentationTask",
     },
 )
 

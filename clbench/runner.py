@@ -2,7 +2,15 @@
 
 Each cell is isolated: its failure is written to its result file and the run goes on. A cell
 whose result already exists with the same options hash (and did not fail) is skipped and its
-file left untouched; ``force`` recomputes. Features come from the shared cache, so tasks on the
+file left untouched; ``force`` recomputes. A result that cannot be written (full disk, read-only
+folder) stops the run with a ClbenchError naming the file; earlier results stay intact.
+
+Several runs may share the output and cache folders: a cell is computed under a lock file
+(``.<task>.json.lock``, see :mod:`clbench.locks`). A run meeting a cell locked by a live process
+reports it as ``waiting`` (running elsewhere), goes on with the other cells, and at the end waits
+for each such lock and re-checks the cell: it reads the other run's result, or computes the cell
+itself if the other run died or failed without writing it. So every run ends with every cell
+done, and each cell is computed once. Features come from the shared cache, so tasks on the
 same dataset share one extraction and a re-run does no forward pass.
 """
 
@@ -11,14 +19,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import CapabilityError, ClbenchError
+from .errors import CapabilityError, ClbenchError, DataError
 from .features import FeatureCache, FeatureStore
+from .locks import FileLock, LockBusy, lock_path_for, remove_if_unlocked
 from .options import options_dict, stable_hash
 from .provenance import folder_of, git_info, host, peak_rss_mb, utc_now, versions
 from .results.store import SCHEMA_VERSION, atomic_write_bytes, cell_path, read_result, write_result
@@ -29,7 +39,7 @@ from .suite import NAME_RE, Suite, TaskSpec, build_dataset, build_encoder
 class CellOutcome:
     encoder: str
     task: str
-    status: str  # ok | failed | skipped | up-to-date
+    status: str  # ok | failed | skipped | up-to-date (| waiting: locked by another run, retried at the end)
     main_metric: str | None = None
     main_value: float | None = None
     reason: str | None = None
@@ -109,15 +119,28 @@ class Runner:
         self.suite = suite
         self.force = force
         self.device = resolve_device(device or suite.device)
+        from .distributed import start
+
+        # under torchrun: join the process group; ranks other than 0 neither print nor write
+        self.dist, self.device = start(self.device)
+        if self.dist is not None and not self.dist.is_main:
+            console = None
         self.cache = FeatureCache(cache_dir or suite.cache)
+        # a run writes only into its output and cache folders: matplotlib's font cache (diagnostics
+        # plots) goes into the feature cache folder unless the user has chosen a place for it
+        os.environ.setdefault("MPLCONFIGDIR", str(Path(self.cache.root).resolve() / "matplotlib"))
         self.console = console
         factory = None
         if progress and console is not None and console.is_terminal:
             from .ui import progress_factory
 
             factory = progress_factory(console)
-        self.store = FeatureStore(self.cache, device=self.device, progress_factory=factory)
+        self.store = FeatureStore(
+            self.cache, device=self.device, progress_factory=factory,
+            warn=(lambda msg: self._print(f"[yellow]warning:[/yellow] {msg}")) if console is not None else None,
+        )
         self._encoders: dict[str, Any] = {}
+        self._started = time.time()  # results written after this by another run count as fresh
         self._datasets: dict[str, Any] = {}
 
     def _print(self, msg: str) -> None:
@@ -144,6 +167,20 @@ class Runner:
         except Exception:
             return None
 
+    def _name_sources(self, err: Exception, task: TaskSpec) -> str:
+        """``str(err)``; for a DataError raised where the file is unknown (a task's label check), with
+        the dataset's files appended, so every data problem names its file."""
+        message = str(err)
+        ds = self._datasets.get(task.dataset) if task.dataset else None
+        if isinstance(err, DataError) and ds is not None:
+            try:
+                sources = [str(p) for p in ds.sources()]
+            except Exception:
+                sources = []
+            if sources and not any(src in message for src in sources):
+                message += f" (dataset {task.dataset!r}: {', '.join(sources)})"
+        return message
+
     @staticmethod
     def _write_artifacts(path: Path, task_name: str, artifacts: dict[str, bytes]) -> list[str]:
         """Write a task's sidecar files next to its result (atomically); their names."""
@@ -156,35 +193,118 @@ class Runner:
             names.append(target.name)
         return names
 
+    def _record_samples(self, path: Path, out: Any, result: dict[str, Any]) -> None:
+        """Write the task's per-sample outcomes next to the result (before the result itself) and
+        put bootstrap CIs into it. Never fails the cell: a problem leaves ``ci`` null with the
+        reason in ``ci_reason``."""
+        result.update(samples=None, ci=None, ci_reason=None, metrics_ci={})
+        samples = getattr(out, "samples", None)
+        if not samples or "arrays" not in samples:
+            why = samples.get("unavailable") if isinstance(samples, dict) else None
+            result["ci_reason"] = str(why or "the task records no per-sample outcomes")
+            return
+        try:
+            from .stats import cell_cis, write_sidecar
+
+            result["samples"] = write_sidecar(path, out.samples)
+            main, others, why = cell_cis(out.samples, result["main_metric"], seed=self.suite.seed)
+            result.update(ci={"main": main} if main is not None else None, ci_reason=why, metrics_ci=others)
+        except Exception as err:
+            result["ci_reason"] = f"per-sample outcomes not usable: {type(err).__name__}: {err}"
+
     def run(self, only_encoders=None, only_tasks=None) -> RunSummary:
-        outcomes = []
+        """Run every planned cell. A cell another process is computing (its lock is held) is put
+        off, and waited for after the other cells: then its result is read, or computed here when
+        the other process died or failed without writing it. Either way each cell is computed once."""
+        if self.dist is not None:  # torchrun: ranks extract together, then rank 0 runs the cells
+            from .distributed import run_on_ranks
+
+            return run_on_ranks(self, only_encoders, only_tasks)
+        outcomes: list[CellOutcome] = []
+        deferred: list[tuple[int, str, TaskSpec]] = []
+        self._started = time.time()
         for enc_name, task in plan(self.suite, only_encoders, only_tasks):
             outcome = self.run_cell(enc_name, task)
+            if outcome.status == "waiting":
+                deferred.append((len(outcomes), enc_name, task))
             outcomes.append(outcome)
-            style = {"ok": "green", "failed": "red", "skipped": "yellow"}.get(outcome.status, "dim")
-            value = f" {outcome.main_metric}={outcome.main_value:.4f}" if outcome.main_value is not None else ""
-            why = f" ({outcome.reason})" if outcome.reason and outcome.status != "ok" else ""
-            self._print(f"[{style}]{outcome.status:>10}[/{style}] {enc_name} × {task.name}{value}{why}")
+            self._print_outcome(outcome)
+        for i, enc_name, task in deferred:
+            outcomes[i] = self.run_cell(enc_name, task, wait=True)
+            self._print_outcome(outcomes[i])
         return RunSummary(suite=self.suite.name, results_dir=self.suite.results_dir, cells=outcomes)
 
-    def run_cell(self, enc_name: str, task: TaskSpec) -> CellOutcome:
+    def _print_outcome(self, outcome: CellOutcome) -> None:
+        style = {"ok": "green", "failed": "red", "skipped": "yellow"}.get(outcome.status, "dim")
+        value = f" {outcome.main_metric}={outcome.main_value:.4f}" if outcome.main_value is not None else ""
+        why = f" ({outcome.reason})" if outcome.reason and outcome.status != "ok" else ""
+        self._print(f"[{style}]{outcome.status:>10}[/{style}] {outcome.encoder} × {outcome.task}{value}{why}")
+
+    def _up_to_date(
+        self, path: Path, enc_name: str, task_name: str, options_hash: str, fingerprints, *, fresh: bool = False
+    ) -> CellOutcome | None:
+        """The outcome of a valid result at ``path`` for these options, or None. With ``fresh``, a
+        result written since this run started counts whatever its status (another run just
+        computed it, possibly failing: computing it again here would not change that)."""
+        existing = read_result(path)
+        statuses = ("ok", "skipped")
+        if fresh:
+            try:
+                if path.stat().st_mtime >= self._started:
+                    statuses = ("ok", "skipped", "failed")
+            except OSError:
+                pass
+        if (
+            existing
+            and existing.get("options_hash") == options_hash
+            and existing.get("status") in statuses
+            and (fingerprints is None or existing.get("fingerprints") == fingerprints)
+        ):
+            if existing["status"] == "failed":
+                return CellOutcome(enc_name, task_name, "failed", reason=f"{existing.get('reason')} (another run)",
+                                   path=path)
+            return CellOutcome(
+                enc_name, task_name, "up-to-date", existing.get("main_metric"), existing.get("main_value"),
+                existing.get("reason"), path,
+            )
+        return None
+
+    def run_cell(self, enc_name: str, task: TaskSpec, *, wait: bool = False) -> CellOutcome:
+        """Run one cell under its lock (``.<task>.json.lock`` next to the result). Without ``wait``
+        a cell locked by another live process is not run: its outcome is ``waiting``."""
         suite = self.suite
         path = cell_path(suite.output, suite.name, enc_name, task.name)
         resolved, options_hash, comparability = cell_options(suite, enc_name, task)
         fingerprints = self._fingerprints(enc_name, task)
+        lock_file = lock_path_for(path)
         if not self.force:
-            existing = read_result(path)
-            if (
-                existing
-                and existing.get("options_hash") == options_hash
-                and existing.get("status") in ("ok", "skipped")
-                and (fingerprints is None or existing.get("fingerprints") == fingerprints)
-            ):
-                return CellOutcome(
-                    enc_name, task.name, "up-to-date", existing.get("main_metric"), existing.get("main_value"),
-                    existing.get("reason"), path,
-                )
+            done = self._up_to_date(path, enc_name, task.name, options_hash, fingerprints)
+            if done is not None:
+                remove_if_unlocked(lock_file)  # left by a run killed after writing this result
+                return done
+        lock = FileLock(lock_file)
+        try:
+            lock.acquire(blocking=wait)
+        except LockBusy as busy:
+            holder = f"{busy.holder.get('host', '?')} pid {busy.holder.get('pid', '?')}" if busy.holder else "?"
+            return CellOutcome(enc_name, task.name, "waiting", reason=f"running elsewhere ({holder})", path=path)
+        except OSError as err:
+            raise ClbenchError(f"{lock_file.parent}: cannot write results here ({err.strerror or err})") from None
+        try:
+            # a result another process wrote while we waited (or since our first look) is kept
+            if not self.force or wait:
+                done = self._up_to_date(path, enc_name, task.name, options_hash, fingerprints, fresh=True)
+                if done is not None:
+                    return done
+            return self._compute_cell(enc_name, task, path, resolved, options_hash, comparability, fingerprints)
+        finally:
+            lock.release()
 
+    def _compute_cell(
+        self, enc_name: str, task: TaskSpec, path: Path, resolved: dict[str, Any], options_hash: str,
+        comparability: str, fingerprints: dict | None,
+    ) -> CellOutcome:
+        suite = self.suite
         result: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "suite": suite.name,
@@ -240,7 +360,10 @@ class Runner:
                 x, y, _ = self.store.get(encoder, dataset, split)
                 return x, y
 
-            ctx = TaskContext(features=features, dataset=dataset, encoder=encoder, device=self.device, seed=suite.seed)
+            ctx = TaskContext(
+                features=features, dataset=dataset, encoder=encoder, device=self.device, seed=suite.seed,
+                cache_dir=self.cache.root, console=self.console,
+            )
             task_obj = task.cls(task.options, name=task.name)
             out = task_obj.run(ctx)
             metrics = {k: _number(v) for k, v in out.metrics.items()}
@@ -251,6 +374,7 @@ class Runner:
                 raise ValueError(f"main metric {out.main_metric!r} is NaN")
             result.update(metrics=metrics, main_metric=out.main_metric, main_value=main_value, details=out.details)
             result["artifacts"] = self._write_artifacts(path, task.name, out.artifacts)
+            self._record_samples(path, out, result)
             result["timings"].update(out.timings)
             if getattr(task.cls, "higher_is_better", True) is False:
                 result["higher_is_better"] = False
@@ -259,7 +383,7 @@ class Runner:
         except Exception as err:  # one failing cell never stops the others
             result.update(
                 status="failed",
-                reason=f"{type(err).__name__}: {err}",
+                reason=f"{type(err).__name__}: {self._name_sources(err, task)}",
                 error={"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()},
             )
         total = time.perf_counter() - t0
@@ -287,8 +411,18 @@ class Runner:
             import torch
 
             result["peak_memory"]["cuda_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        if resolved["encoder"]["type"] == "zoo":  # zoo entry, its source, and the published number
+            from .zoo.published import annotate
+
+            annotate(result)
         result["timestamp"] = utc_now()
-        write_result(path, result)
+        try:
+            write_result(path, result)
+        except OSError as err:  # full disk, read-only folder: stop; results written so far stay valid
+            raise ClbenchError(
+                f"{path}: cannot write the result ({err.strerror or err}); the run stops here, "
+                "results written earlier are intact"
+            ) from None
         return CellOutcome(
             enc_name, task.name, result["status"], result["main_metric"], result["main_value"], result["reason"], path
         )

@@ -31,6 +31,7 @@ TOP_LEVEL = {
     "encoders": "mapping of encoder name -> options with a `type`",
     "datasets": "mapping of dataset name -> options with a `type`",
     "tasks": "list of tasks, each with `name`, `type` and (usually) `dataset`",
+    "launcher": "optional: how `clbench run` executes the cells (type: inline | local | slurm, SLURM options)",
 }
 TASK_KEYS = ("name", "type", "dataset", "encoders")
 
@@ -62,6 +63,8 @@ class Suite:
     encoders: dict[str, PluginSpec]
     datasets: dict[str, PluginSpec]
     tasks: list[TaskSpec]
+    #: the ``launcher:`` mapping (:class:`clbench.launch.LauncherOptions`), or None
+    launcher: Any = None
 
     @property
     def root(self) -> Path:
@@ -193,6 +196,13 @@ def _parse(data: Any, path: Path) -> Suite:
         "device",
     )
 
+    launcher = None
+    if data.get("launcher") is not None:
+        from .launch import LauncherOptions
+        from .options import parse_options
+
+        launcher = parse_options(LauncherOptions, data["launcher"], key="launcher")
+
     raw_encoders = data.get("encoders")
     _expect(isinstance(raw_encoders, dict) and raw_encoders, "expected a non-empty mapping of encoders", "encoders")
     encoders = {}
@@ -268,7 +278,7 @@ def _parse(data: Any, path: Path) -> Suite:
         )
     return Suite(
         path=path, name=name, output=output_path, cache=cache_path, seed=seed, device=device,
-        encoders=encoders, datasets=datasets, tasks=tasks,
+        encoders=encoders, datasets=datasets, tasks=tasks, launcher=launcher,
     )
 
 
@@ -301,3 +311,5 @@ def check_sources(suite: Suite) -> None:
                 raise err.at(file=str(suite.path), key_prefix=f"{group}.{name}") from None
             except ClbenchError as err:
                 raise ConfigError(str(err), file=str(suite.path), key=f"{group}.{name}") from None
+            except (OSError, ValueError) as err:  # a plugin's unforeseen read error: still no traceback
+                raise ConfigError(f"{type(err).__name__}: {err}", file=str(suite.path), key=f"{group}.{name}") from None

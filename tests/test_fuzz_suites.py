@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _reliability import record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -157,15 +158,24 @@ def _retype(value, draw):
 # ------------------------------------------------------------------ property
 
 
-def _check_parse(data, path: Path) -> None:
+ACCEPTED = "accepted as a valid suite"
+REJECTED = "rejected: ConfigError naming the file and the key path"
+
+
+def _check_parse(data, path: Path, fault: str = "") -> None:
     try:
         parse_suite(data, path)
     except ConfigError as err:
         assert err.file == str(path), err
         assert isinstance(err.key, str) and err.key, err
+        outcome = REJECTED
+    else:
+        outcome = ACCEPTED
+    if fault:
+        record(fault, outcome, category="fuzz")
 
 
-def _check_load(data, path: Path) -> None:
+def _check_load(data, path: Path, fault: str = "") -> None:
     try:
         text = yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
     except yaml.YAMLError:
@@ -177,6 +187,11 @@ def _check_load(data, path: Path) -> None:
         assert err.file == str(path), err
         # a file that does not even read back as YAML has no key to point at
         assert err.key or err.message.startswith(("invalid YAML", "duplicate key")), err
+        outcome = REJECTED if err.key else "rejected: ConfigError naming the file (invalid YAML / duplicate key)"
+    else:
+        outcome = ACCEPTED
+    if fault:
+        record(fault, outcome, category="fuzz")
 
 
 def _fresh_path(tmp_path_factory) -> Path:
@@ -187,15 +202,15 @@ def _fresh_path(tmp_path_factory) -> Path:
 @given(data=values)
 def test_random_structures_never_crash(tmp_path_factory, data):
     path = _fresh_path(tmp_path_factory)
-    _check_parse(data, path)
-    _check_load(data, path)
+    _check_parse(data, path, "random YAML-able structure (hypothesis) through parse_suite")
+    _check_load(data, path, "random structure written as a suite file, through load_suite")
 
 
 @FAST
 @given(data=st.dictionaries(st.sampled_from(["version", "suite", "output", "cache", "seed", "device", "encoders",
                                              "datasets", "tasks", "extra"]), values, max_size=9))
 def test_random_top_level_mappings_never_crash(tmp_path_factory, data):
-    _check_parse(data, _fresh_path(tmp_path_factory))
+    _check_parse(data, _fresh_path(tmp_path_factory), "random top-level suite mapping (hypothesis)")
 
 
 @pytest.mark.parametrize("base", list(BASES), ids=list(BASES))
@@ -211,8 +226,8 @@ def test_mutated_suites_never_crash(tmp_path_factory, base, data):
     for _ in range(data.draw(st.integers(1, 3))):
         mutated = _mutate(mutated, data.draw)
     path = _fresh_path(tmp_path_factory)
-    _check_parse(mutated, path)
-    _check_load(mutated, path)
+    _check_parse(mutated, path, "shipped suite with 1-3 random mutations (parse_suite)")
+    _check_load(mutated, path, "shipped suite with 1-3 random mutations (load_suite on the file)")
 
 
 def test_cli_validate_on_mutated_files(tmp_path):
@@ -246,6 +261,8 @@ def test_cli_validate_on_mutated_files(tmp_path):
         assert res.exit_code in (0, 2), (case, out, res.exception)
         assert "Traceback" not in out
         assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), res.exception
+        record("mutated suite file through `clbench validate`",
+               "exit 0 (valid)" if res.exit_code == 0 else "exit 2 with an error message, no traceback", category="fuzz")
     path = tmp_path / "bad.yaml"
     path.write_text("suite: [unclosed\n")
     res = runner.invoke(app, ["validate", str(path)])
@@ -285,6 +302,10 @@ def test_raw_yaml_text_never_crashes(tmp_path_factory, data):
     except ConfigError as err:
         assert err.file == str(path), err
         assert err.key or "line" in err.message or err.message.startswith("invalid YAML"), err
+        outcome = "rejected: ConfigError naming the file and the key path or line"
+    else:
+        outcome = ACCEPTED
+    record("suite file text with random line edits and YAML snippets (hypothesis)", outcome, category="fuzz")
 
 
 # ------------------------------------------------------------------ regressions found by the fuzzer
@@ -385,4 +406,4 @@ def test_plugin_options_never_crash(tmp_path_factory, group, name, cls, data):
     else:
         suite[group] = {"p": entry}
         suite["tasks"] = [{"name": "t", "type": "knn", "dataset": "syn" if group == "encoders" else "p"}]
-    _check_parse(suite, _fresh_path(tmp_path_factory))
+    _check_parse(suite, _fresh_path(tmp_path_factory), "random option values for every registered plugin")

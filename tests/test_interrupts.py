@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _reliability import record
 
 from clbench.features import FeatureCache
 from clbench.results.store import STATUSES, load_results, read_result
@@ -75,6 +76,8 @@ def _check_state(folder: Path) -> dict[tuple[str, str], float]:
             if path.name.startswith("."):
                 # a temporary file of a killed writer: never listed as a result
                 continue
+            if path.name.endswith(".samples.npz"):
+                continue  # a per-sample sidecar: checked through its result below
             assert path.suffix == ".json", path
             data = read_result(path)
             assert data is not None, f"{path} is not a complete result: {path.read_text()[:200]!r}"
@@ -82,6 +85,10 @@ def _check_state(folder: Path) -> dict[tuple[str, str], float]:
             assert data["status"] in STATUSES, data["status"]
             assert (data["encoder"], data["task"]) == (path.parent.name, path.stem)
             complete[(data["encoder"], data["task"])] = path.stat().st_mtime_ns
+            if data.get("samples"):  # written before the result: a complete result's sidecar is valid
+                from clbench.stats import read_sidecar
+
+                read_sidecar(path, data["samples"])
         results, bad = load_results(results_dir)
         assert not bad, bad
         assert len(results) == len(complete)
@@ -167,6 +174,11 @@ def test_killed_runs_leave_valid_state_and_resume(tmp_path, sig):
             assert state.get(cell) == mtime, cell
         before = state
     _resume_and_check(suite, before)
+    name = signal.Signals(sig).name
+    record(f"{name} to `clbench run` at a seeded random time (start-up, extraction, fitting, writing)",
+           "every result present complete and valid, invalid cache entries discarded, resume computes only "
+           "the missing cells" + (", no traceback, no temporary file" if sig == signal.SIGINT else ""),
+           injections=3, category="interrupt")
 
 
 def test_two_concurrent_runs_agree(tmp_path):
@@ -177,10 +189,70 @@ def test_two_concurrent_runs_agree(tmp_path):
         assert p.returncode == 0, out
         assert "Traceback" not in out
     for cell in CELLS:
-        files = list(_result_file(tmp_path, *cell).parent.glob(f"*{cell[1]}*"))
-        assert [f.name for f in files] == [f"{cell[1]}.json"], files
+        files = sorted(_result_file(tmp_path, *cell).parent.glob(f"*{cell[1]}*"))
+        # the result and its per-sample sidecar, nothing else (no temporary or lock files)
+        assert [f.name for f in files] == [f"{cell[1]}.json", f"{cell[1]}.samples.npz"], files
         data = read_result(files[0])
         assert data is not None and data["status"] == "ok", (cell, data)
     assert not [p for p in tmp_path.rglob(".*")], "temporary files left behind"
     state = _check_state(tmp_path)
     assert set(state) == set(CELLS)
+    record("2 concurrent `clbench run` processes (interrupt suite)", "one valid result per cell, no temporary "
+           "file", injections=2, category="concurrency")
+
+
+# a run that SIGKILLs itself in the middle of writing a feature-cache entry (after x.npy is written)
+KILL_IN_CACHE_WRITE = """
+import os, signal, sys
+from clbench import features
+real = features._checksum
+def checksum(path):
+    if ".tmp-" in str(path):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(path)
+features._checksum = checksum
+from clbench.cli import main
+sys.argv = ["clbench", "run", sys.argv[1], "--only-encoder", "mock-a", "--only-task", "a-knn"]
+main()
+"""
+
+
+def test_cache_temp_folders_of_killed_runs_are_never_read_and_are_swept(tmp_path):
+    import socket
+
+    suite = _setup(tmp_path)
+    (tmp_path / "kill.py").write_text(KILL_IN_CACHE_WRITE)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, str(tmp_path / "kill.py"), str(suite)], cwd=tmp_path, env=env, check=False,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    features = tmp_path / "cache" / "features"
+    dead = list(features.glob("*/.tmp-*"))
+    assert len(dead) == 1 and (dead[0] / "x.npy").exists()  # the killed writer's half-made entry
+    key = dead[0].name[len(".tmp-"):].split(".")[0]
+    cache = FeatureCache(tmp_path / "cache")
+    assert not cache.entry(key).exists() and cache.load(key) is None  # never read as an entry
+    host = socket.gethostname().replace(".", "_")
+    # temporary folders that must survive: a live process of this host, another host, an odd name
+    sleeper = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        keep = [
+            dead[0].parent / f".tmp-{key}.{host}.{sleeper.pid}.live0000",
+            dead[0].parent / f".tmp-{key}.otherhost.1.foreign0",
+            dead[0].parent / f".tmp-{key}-not-ours",
+        ]
+        for k in keep:
+            k.mkdir()
+        out = subprocess.run([sys.executable, "-m", "clbench", "run", str(suite), "--only-encoder", "mock-a",
+                              "--only-task", "a-knn"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=120, check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert not dead[0].exists()  # swept: its process is dead
+        assert all(k.exists() for k in keep)
+        assert cache.load(key) is not None  # the entry was computed afresh
+        assert read_result(_result_file(tmp_path, "mock-a", "a-knn"))["status"] == "ok"
+    finally:
+        sleeper.stdin.close()
+        sleeper.wait(timeout=30)
+    record("SIGKILL in the middle of a feature-cache write", "half-written temporary entry never read; removed by "
+           "the next run (only dead processes of this host), entry recomputed", category="interrupt")

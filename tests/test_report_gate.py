@@ -248,7 +248,8 @@ def test_unknown_format_and_missing_folder(tmp_path):
 
 def test_results_modules_do_not_import_torch_or_numpy():
     code = (
-        "import sys, clbench.results.table, clbench.results.formats, clbench.results.gate; "
+        "import sys, clbench.results.table, clbench.results.formats, clbench.results.gate, "
+        "clbench.results.compare; "
         "assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -79,6 +79,20 @@ LAYOUTS: dict[str, Layout] = {
                 "projector_instance*",
             ),
         ),
+        Layout("barlowtwins", ("model",), "backbone.", ("projector.*", "bn.*")),
+        Layout(
+            "mgca",
+            ("state_dict",),
+            "img_encoder_q.model.",
+            (
+                "img_encoder_q.global_embed.*",
+                "img_encoder_q.local_embed.*",
+                "text_encoder_q.*",
+                "patch_local_atten_layer.*",
+                "word_local_atten_layer.*",
+                "prototype_layer.*",
+            ),
+        ),
     )
 }
 FORMAT_NAMES: tuple[str, ...] = tuple(LAYOUTS)
@@ -150,6 +164,10 @@ def _matches(obj: Mapping, checkpoint_key: str | None) -> list[str]:
         found.append("mugs")
     if model and _has(model, "encoder.") and _has(model, "encoder_k.", "projector.", "value_transform."):
         found.append("pixpro")
+    if model and _has(model, "backbone.") and _has(model, "projector.") and not _has(model, "encoder."):
+        found.append("barlowtwins")  # Barlow Twins checkpoint.pth: {epoch, model, optimizer}
+    if state and _has(state, "img_encoder_q.model."):
+        found.append("mgca")  # MGCA Lightning .ckpt
     return found
 
 

@@ -74,6 +74,8 @@ def _labels(y: np.ndarray, path: Path, key: str) -> np.ndarray:
 def _features(x: np.ndarray, path: Path, key: str) -> np.ndarray:
     if x.ndim < 2:
         raise DataError(f"{path}: {key!r} must be a matrix [N, D], got shape {x.shape}")
+    if len(x) == 0:
+        raise DataError(f"{path}: {key!r} has no rows (the split is empty)")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise DataError(f"{path}: {key!r} must hold real numbers, got dtype {x.dtype}")
     x = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)

@@ -79,6 +79,10 @@ class Dataset:
         """Read the data: a mapping split name -> Split. Called once, lazily."""
         raise NotImplementedError
 
+    def info(self) -> dict[str, Any]:
+        """What loading found worth recording in results (e.g. skipped files); after ``load``."""
+        return {}
+
     def split(self, name: str) -> Split:
         if self._splits is None:
             self._splits = self.load()

@@ -140,6 +140,8 @@ def _load_json(path: Path) -> Any:
             return json.load(f)
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err})") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: line {err.lineno}: malformed JSON ({err.msg})") from None
 
@@ -253,9 +255,12 @@ class ImageCaptionsDataset(CaptionsDataset):
     def _read(self) -> list[tuple[Path, list[str], str]]:
         path = self._source_file()
         try:
-            rows = self._rows_jsonl(path) if self._format() == "jsonl" else self._rows_csv(path)
-        except (OSError, UnicodeDecodeError) as err:
+            # list(): the readers are generators, their errors surface while iterating
+            rows = list(self._rows_jsonl(path) if self._format() == "jsonl" else self._rows_csv(path))
+        except OSError as err:
             raise DataError(f"{path}: cannot read ({err})") from None
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
         grouped: dict[str, list[str]] = {}
         for image, caps in rows:
             grouped.setdefault(image, []).extend(caps)

@@ -14,6 +14,12 @@ folders are skipped. A class folder without images is an error, not a silently m
 
 Each item is opened only when indexed and returned as an RGB ``uint8`` array ``[H, W, 3]`` (the
 first frame of a GIF; EXIF orientation is not applied, as in torchvision's ImageFolder).
+
+An image that cannot be decoded fails its cells with a DataError naming the file
+(``on_decode_error: fail``, the default). With ``on_decode_error: skip`` every image is decoded
+once when the dataset loads and those that fail are left out; their number and (the first 20)
+paths are recorded in each result's ``features[].dataset_info`` (``skipped_undecodable``,
+``skipped_files``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -36,6 +43,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", 
 class ImageFolderOptions(ClassificationOptions):
     path: str = option(
         help="folder with train/ and test/ class subfolders, or one folder of class subfolders", kw_only=True
+    )
+    on_decode_error: Literal["fail", "skip"] = option(
+        "fail", "an undecodable image: fail the cell naming it, or skip it (decodes all images up front; counted)"
     )
 
     def validate(self) -> None:
@@ -133,6 +143,28 @@ class ImageFolderDataset(Dataset):
     def _root(self) -> Path:
         return self.resolve(self.options.path)
 
+    def info(self) -> dict:
+        if self.options.on_decode_error != "skip" or self._splits is None:
+            return {}
+        return {"skipped_undecodable": len(self._skipped), "skipped_files": self._skipped[:20]}
+
+    def _scan(self, folder: Path) -> dict[str, list[str]]:
+        found = scan(folder)
+        if self.options.on_decode_error == "skip":
+            for name, paths in found.items():
+                good = []
+                for p in paths:
+                    try:
+                        load_rgb(p)
+                    except DataError:
+                        self._skipped.append(p)
+                    else:
+                        good.append(p)
+                if not good:
+                    raise DataError(f"{folder / name}: no image of this class can be decoded")
+                found[name] = good
+        return found
+
     def _split_folders(self) -> tuple[Path, Path] | None:
         """(train, test) folders when the data comes split, else None (one folder of classes)."""
         root = self._root()
@@ -163,13 +195,14 @@ class ImageFolderDataset(Dataset):
         if not root.is_dir():
             raise DataError(f"{root}: image folder not found (dataset {self.name!r})")
         common = {"modality": self.modality, "options": self.options, "seed": self.seed, "source": str(root)}
+        self._skipped: list[str] = []
         split_folders = self._split_folders()
         if split_folders is None:
-            found = scan(root)
+            found = self._scan(root)
             self.classes = list(found)
             return make_classification_splits(single=_items(found, self.classes), **common)
         train_folder, test_folder = split_folders
-        train, test = scan(train_folder), scan(test_folder)
+        train, test = self._scan(train_folder), self._scan(test_folder)
         unknown = [name for name in test if name not in train]
         if unknown:
             raise DataError(

@@ -39,6 +39,7 @@ IMAGENET_DEFAULTS = {
 }
 
 Interpolation = Literal["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"]
+Precision = Literal["fp32", "bf16", "fp16"]
 CheckpointFormat = Literal[("auto",) + FORMAT_NAMES]  # type: ignore[valid-type]
 
 
@@ -70,6 +71,10 @@ class VisionOptions(EncoderOptions):
     normalize: bool = option(True, "subtract mean and divide by std (false: [0, 1] input, e.g. SimCLR)")
     mean: list[float] | None = option(None, "per-channel mean (default: ImageNet's, or the weights')")
     std: list[float] | None = option(None, "per-channel std (default: ImageNet's, or the weights')")
+    precision: Precision = option(
+        "fp32", "forward pass precision: fp32, or autocast to bf16 / fp16 (features stored as float32)"
+    )
+    channels_last: bool = option(False, "run convolutions in channels-last memory format (faster on GPUs)")
 
     def validate(self) -> None:
         super().validate()
@@ -277,12 +282,26 @@ class VisionEncoder(Encoder):
 
     def fingerprint(self) -> dict[str, Any]:
         weights = self.checkpoint_identity() if self.options.checkpoint else self._weights_identity()
-        return {
+        fp = {
             "type": type(self).__name__,
             "model": self.options.model,
             **weights,
             "preprocess": self.transform.describe(),
         }
+        # reduced precision and another memory layout change the numbers: part of the cache key
+        # (left out at their defaults, so fp32 entries keep their keys)
+        if self.options.precision != "fp32":
+            fp["precision"] = self.options.precision
+        if self.options.channels_last:
+            fp["channels_last"] = True
+        return fp
+
+    def _autocast(self) -> Any:
+        """The autocast context of the ``precision`` option (a no-op for fp32)."""
+        import torch
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.options.precision)
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype, enabled=dtype is not None)
 
     def setup(self, device: str) -> None:
         import torch
@@ -309,8 +328,10 @@ class VisionEncoder(Encoder):
                 )
             self.model = model.eval()
         self.model.to(device)
+        if self.options.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.device = device
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             size = self.transform.image_size
             probe = torch.zeros(1, 3, size, size, device=device)
             try:
@@ -322,6 +343,11 @@ class VisionEncoder(Encoder):
                     key="image_size",
                 ) from None
 
+    def torch_module(self, device: str = "cpu") -> Any:
+        """The network (classifier removed, checkpoint loaded under the coverage rules) on ``device``."""
+        self.setup(device)
+        return self.model
+
     def preprocess(self, sample: Any, modality: str) -> Any:
         return self.transform(sample)
 
@@ -330,8 +356,10 @@ class VisionEncoder(Encoder):
 
         if self.model is None:
             raise RuntimeError(f"encoder {self.name!r}: call setup() before encode()")
-        x = torch.as_tensor(batch).to(self.device, torch.float32)
-        with torch.no_grad():
+        x = torch.as_tensor(batch).to(self.device, torch.float32, non_blocking=True)
+        if self.options.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), self._autocast():
             return self._forward(x).float()
 
     @property
@@ -343,6 +371,8 @@ class VisionEncoder(Encoder):
             "model": self.options.model,
             "embed_dim": self._embed_dim,
             "preprocess": self.transform.describe(),
+            "precision": self.options.precision,
+            "channels_last": self.options.channels_last,
         }
         if self.coverage is not None:
             out["coverage"] = {k: self.coverage.get(k) for k in ("format", "prefix", "counts", "sha256")}

@@ -99,6 +99,14 @@ class Encoder:
         """Embed one collated batch: a [B, D] torch tensor or numpy array."""
         raise NotImplementedError
 
+    def torch_module(self, device: str = "cpu") -> Any:
+        """The encoder's network (``torch.nn.Module``) with its weights loaded, for tasks that
+        fine-tune it (detection, segmentation); calls ``setup(device)``. Encoders without a
+        torch backbone raise :class:`CapabilityError`, so such a cell is skipped with the reason."""
+        from ..errors import CapabilityError
+
+        raise CapabilityError(f"encoder {self.name!r} ({type(self).__name__}) has no torch backbone to fine-tune")
+
     @property
     def embed_dim(self) -> int | None:
         return None

@@ -24,6 +24,7 @@ __all__ = [
     "per_class_recall",
     "rank_classes",
     "topk_accuracy",
+    "topk_hits",
 ]
 
 
@@ -59,6 +60,12 @@ def topk_accuracy(scores_or_ranked: np.ndarray, labels: np.ndarray, k: int) -> f
     lower class index) or an integer matrix [N, m] of class indices ranked best first, as
     :func:`rank_classes` or :func:`clbench.metrics.knn.knn_predict` return (then ``k <= m``).
     """
+    return float(topk_hits(scores_or_ranked, labels, k).mean())
+
+
+def topk_hits(scores_or_ranked: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per row: whether its label is among the top ``k`` classes (bool [N]); the mean is
+    :func:`topk_accuracy` (the per-sample outcomes behind its bootstrap CI)."""
     arr = np.asarray(scores_or_ranked)
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D score or ranked-prediction matrix, got shape {arr.shape}")
@@ -69,15 +76,14 @@ def topk_accuracy(scores_or_ranked: np.ndarray, labels: np.ndarray, k: int) -> f
     if len(labels) == 0:
         raise ValueError("no samples to score")
     if np.issubdtype(arr.dtype, np.integer):
-        hit = (arr[:, :k] == labels[:, None]).any(axis=1)
-        return float(hit.mean())
+        return (arr[:, :k] == labels[:, None]).any(axis=1)
     if labels.min() < 0 or labels.max() >= arr.shape[1]:
         raise ValueError(f"labels must lie in [0, {arr.shape[1]}) for a score matrix with that many columns")
     true = arr[np.arange(len(labels)), labels][:, None]
     # the rank of the true class under a stable descending sort
     lower = np.arange(arr.shape[1])[None, :] < labels[:, None]
     rank = (arr > true).sum(axis=1) + ((arr == true) & lower).sum(axis=1)
-    return float((rank < k).mean())
+    return rank < k
 
 
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:

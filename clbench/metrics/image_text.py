@@ -30,7 +30,7 @@ import numpy as np
 
 from .retrieval import _as_tensor
 
-__all__ = ["image_text_ranks", "image_text_recall", "recall_from_ranks", "zero_shot_weights"]
+__all__ = ["image_text_ranks", "image_text_recall", "recall_from_ranks", "recall_metrics", "zero_shot_weights"]
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -150,6 +150,11 @@ def image_text_recall(
     t2i, i2t = image_text_ranks(
         image_emb, text_emb, caption_to_image, chunk_size=chunk_size, device=device, similarity=similarity
     )
+    return recall_metrics(t2i, i2t, ks)
+
+
+def recall_metrics(t2i: np.ndarray, i2t: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """The metrics of :func:`image_text_recall` from the ranks :func:`image_text_ranks` returns."""
     out: dict[str, float] = {}
     for k in sorted(set(ks)):
         a, b = recall_from_ranks(t2i, k), recall_from_ranks(i2t, k)

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .classification import balanced_accuracy, topk_accuracy
+from .classification import balanced_accuracy, topk_hits
 
 __all__ = [
     "LogisticModel",
@@ -273,6 +273,10 @@ class ProbeResult:
     n_iter: int
     converged: bool
     model: LogisticModel | None = dataclasses.field(default=None, repr=False)
+    #: per test sample: top-1 / top-5 hit and the predicted label (outcomes behind CIs)
+    hits1: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    hits5: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    pred: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
 
 def _sweep(xtr, ytr, xva, yva, n_classes, grid, max_iter, tol):
@@ -379,9 +383,10 @@ def _probe(xtr: Any, y_train: np.ndarray, xte: Any, y_test: np.ndarray, st: Prob
     with torch.no_grad():
         scores = torch.addmm(b, xte, w).cpu().numpy()
     pred = scores.argmax(axis=1)
+    hits1, hits5 = topk_hits(scores, yte, 1), topk_hits(scores, yte, min(5, n_classes))
     return ProbeResult(
-        top1=topk_accuracy(scores, yte, 1),
-        top5=topk_accuracy(scores, yte, min(5, n_classes)),
+        top1=float(hits1.mean()),
+        top5=float(hits5.mean()),
         balanced_accuracy=balanced_accuracy(pred, yte),
         C=float(C),
         C_source=source,
@@ -389,6 +394,9 @@ def _probe(xtr: Any, y_train: np.ndarray, xte: Any, y_test: np.ndarray, st: Prob
         n_iter=n_iter,
         converged=conv,
         model=LogisticModel(w, b, classes, float(C), n_iter, conv),
+        hits1=hits1,
+        hits5=hits5,
+        pred=classes[pred],
     )
 
 

@@ -40,12 +40,14 @@ def topk_metrics(
     chunk: int = 1024,
     device: str = "cpu",
     per_user: bool = False,
+    user_scores: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Mean Recall@K and NDCG@K over users with test items.
 
     ``users`` [U, D] and ``items`` [I, D] are embeddings; ``train`` and ``test`` are integer
     (user index, item index) pairs [M, 2]. With ``per_user`` the result also holds ``"users"``,
-    the number of users evaluated.
+    the number of users evaluated. Pass a dict as ``user_scores`` to receive each metric per
+    evaluated user (arrays in user-index order; their means are the returned metrics).
     """
     import torch
 
@@ -77,6 +79,7 @@ def topk_metrics(
     discounts = 1.0 / np.log2(np.arange(2, kmax + 2))
     ideal = np.cumsum(discounts)
     sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+    each: dict[str, list[float]] = {key: [] for key in sums}
     for s in range(0, len(eval_users), chunk):
         batch = eval_users[s : s + chunk]
         scores = u[torch.as_tensor(batch, device=device)] @ it.T
@@ -96,9 +99,15 @@ def topk_metrics(
             for k in ks:
                 kk = min(k, kmax)
                 h = hit[:kk]
-                sums[f"recall@{k}"] += h.sum() / len(truth)
-                sums[f"ndcg@{k}"] += float(discounts[:kk][h].sum() / ideal[min(kk, len(truth)) - 1])
+                recall = h.sum() / len(truth)
+                ndcg = float(discounts[:kk][h].sum() / ideal[min(kk, len(truth)) - 1])
+                sums[f"recall@{k}"] += recall
+                sums[f"ndcg@{k}"] += ndcg
+                each[f"recall@{k}"].append(float(recall))
+                each[f"ndcg@{k}"].append(ndcg)
     out = {key: float(v / len(eval_users)) for key, v in sums.items()}
+    if user_scores is not None:
+        user_scores.update({key: np.asarray(v, dtype=np.float64) for key, v in each.items()})
     if per_user:
         out["users"] = float(len(eval_users))
     return out

@@ -1,4 +1,4 @@
-"""Render a :class:`~clbench.results.table.Table` as markdown, csv, LaTeX or JSON.
+"""Render a :class:`~clbench.results.table.Table` as markdown, csv, LaTeX, JSON or HTML.
 
 - ``markdown``: a pipe table, the best comparable value per column in bold, footnotes and notes
   below it;
@@ -9,7 +9,17 @@
 - ``latex``: a booktabs ``tabular`` (``\\toprule``/``\\midrule``/``\\bottomrule``), best value per
   column in ``\\textbf``, footnotes below, notes as ``%`` comments;
 - ``json``: ``{"columns", "rows", "footnotes", "notes"}``; each row lists every cell with its
-  status, main value and all metrics at full precision (non-finite numbers become ``null``).
+  status, main value, all metrics, ``ci`` and ``std`` at full precision (non-finite numbers
+  become ``null``);
+- ``html``: one self-contained page (see :mod:`clbench.results.html`).
+
+Uncertainty, where results carry it (a confidence interval of the main value, or a standard
+deviation over seeds; see :mod:`clbench.results.table`), is shown next to each value in the style
+``uncertainty`` picks: ``interval`` (``0.9722 [0.9611, 0.9815]``; a cell with only a std shows
+``0.9722 ± 0.0050``), ``pm`` (``0.9722 ± 0.0102``, the half-width of the interval, else the std)
+or ``none``. CSV gains ``<column> ci_low`` / ``ci_high`` / ``std`` columns at full precision for
+the columns that have them. A legend line in the notes says what the brackets and ``±`` mean.
+Results without any uncertainty render exactly as before.
 
 Displayed numbers use one precision per column: 4 decimals when every value lies in [-1, 1]
 (a 0-1 scale), 2 decimals up to 1000, 1 beyond. "Best" is the highest (or, for a column whose
@@ -38,9 +48,20 @@ from typing import Any
 from .store import load_results
 from .table import Cell, Column, Table, build_table
 
-__all__ = ["FORMATS", "decimals_for", "format_number", "latex_escape", "render", "report"]
+__all__ = [
+    "FORMATS",
+    "UNCERTAINTY_STYLES",
+    "decimals_for",
+    "format_number",
+    "latex_escape",
+    "render",
+    "report",
+    "uncertainty_legend",
+    "uncertainty_text",
+]
 
-FORMATS = ("markdown", "csv", "latex", "json")
+FORMATS = ("markdown", "csv", "latex", "json", "html")
+UNCERTAINTY_STYLES = ("interval", "pm", "none")
 
 _MISSING = "–"
 _LATEX_MARKS = {"†": r"\dagger", "‡": r"\ddagger", "§": r"\S", "¶": r"\P", "‖": r"\|"}
@@ -55,6 +76,12 @@ _LATEX_SPECIALS = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    # a row that starts with "[" after "\\" would be read as its optional argument
+    "[": "{[}",
+    "]": "{]}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
 }
 
 
@@ -81,30 +108,50 @@ def format_number(value: float | None, decimals: int, *, signed: bool = False) -
     return text
 
 
-def render(table: Table, fmt: str) -> str:
-    """``table`` as text in ``fmt`` (one of :data:`FORMATS`); ends with a newline."""
+def render(
+    table: Table,
+    fmt: str,
+    *,
+    uncertainty: str = "interval",
+    results: list[dict[str, Any]] | None = None,
+    plots: bool = True,
+) -> str:
+    """``table`` as text in ``fmt`` (one of :data:`FORMATS`); ends with a newline.
+
+    ``uncertainty`` is one of :data:`UNCERTAINTY_STYLES`. ``results`` (the dicts the table was
+    built from) and ``plots`` are used by ``html`` only: provenance and embedded plots.
+    """
+    if uncertainty not in UNCERTAINTY_STYLES:
+        raise ValueError(
+            f"unknown uncertainty style {uncertainty!r}; choose one of: {', '.join(UNCERTAINTY_STYLES)}"
+        )
+    if fmt == "html":
+        from .html import render_html
+
+        return render_html(table, results or [], uncertainty=uncertainty, plots=plots)
     renderers = {"markdown": _markdown, "csv": _csv, "latex": _latex, "json": _json}
     if fmt not in renderers:
         raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    return renderers[fmt](table)
+    return renderers[fmt](table, uncertainty)
 
 
-def report(results_dir: str | Path, fmt: str) -> str:
+def report(results_dir: str | Path, fmt: str, *, uncertainty: str = "interval", plots: bool = True) -> str:
     """Load every result below ``results_dir`` and render its table in ``fmt``.
 
     Files that are not valid clbench results are listed in the notes. A folder without results
-    gives a short message (in JSON: an empty table whose notes say so). Raises FileNotFoundError
-    when ``results_dir`` does not exist and ValueError for an unknown format.
+    gives a short message (in JSON: an empty table whose notes say so; in HTML: a page saying so).
+    Raises FileNotFoundError when ``results_dir`` does not exist and ValueError for an unknown
+    format or uncertainty style.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     results, bad = load_results(Path(results_dir))
     table = build_table(results)
     table.notes.extend(f"not a valid clbench result file, ignored: {path}" for path in bad)
-    if table.rows or fmt == "json":
+    if table.rows or fmt in ("json", "html"):
         if not table.rows:
             table.notes.insert(0, f"no results found in {results_dir}")
-        return render(table, fmt)
+        return render(table, fmt, uncertainty=uncertainty, results=results, plots=plots)
     lines = [f"No clbench results found in {results_dir}."] + table.notes
     prefix = "% " if fmt == "latex" else ""
     return "".join(f"{prefix}{line}\n" for line in lines)
@@ -134,6 +181,41 @@ def _best_texts(table: Table, j: int, decimals: int) -> set[str]:
     return {format_number(best, decimals)}
 
 
+def uncertainty_text(cell: Cell, decimals: int, style: str = "interval") -> str:
+    """The uncertainty shown after a cell's value (no leading space): ``[low, high]`` or
+    ``± halfwidth`` for a confidence interval, ``± std`` for a spread over seeds; empty when
+    the cell has neither or ``style`` is ``none``."""
+    if style == "none" or cell.status != "ok" or cell.value is None:
+        return ""
+    if cell.ci is not None:
+        if style == "pm":
+            return f"± {format_number(cell.ci.halfwidth, decimals)}"
+        return f"[{format_number(cell.ci.low, decimals)}, {format_number(cell.ci.high, decimals)}]"
+    if cell.std is not None:
+        return f"± {format_number(cell.std, decimals)}"
+    return ""
+
+
+def uncertainty_legend(table: Table, style: str = "interval") -> str | None:
+    """One line saying what the brackets and ``±`` mean in ``table``, or None when nothing shows."""
+    if style == "none":
+        return None
+    cells = [c for row in table.rows for c in row.cells if c.status == "ok" and c.value is not None]
+    levels = sorted({c.ci.level for c in cells if c.ci is not None}, key=lambda v: (v is None, v))
+    has_ci = any(c.ci is not None for c in cells)
+    has_std = any(c.ci is None and c.std is not None for c in cells)
+    if not has_ci and not has_std:
+        return None
+    parts = []
+    if has_ci:
+        level = ", ".join("level not stated" if v is None else f"{100 * v:g}%" for v in levels)
+        what = "[low, high] =" if style == "interval" else "± = half-width of"
+        parts.append(f"{what} the confidence interval ({level})")
+    if has_std:
+        parts.append("± = std over seeds" + (" (cells without an interval)" if has_ci else ""))
+    return "uncertainty: " + "; ".join(parts)
+
+
 def _cell_text(cell: Cell, decimals: int) -> str:
     """Plain text of a cell without marks: a number, ``failed``, ``skipped``, n/a or a dash."""
     if cell.status == "ok":
@@ -143,8 +225,11 @@ def _cell_text(cell: Cell, decimals: int) -> str:
     return cell.status
 
 
-def _styled_rows(table: Table, bold: Any, mark: Any) -> list[list[str]]:
-    """Cell texts per row with the best values wrapped by ``bold`` and marks added by ``mark``."""
+def _styled_rows(
+    table: Table, bold: Any, mark: Any, extra: Any = None, style: str = "interval"
+) -> list[list[str]]:
+    """Cell texts per row with the best values wrapped by ``bold``, marks added by ``mark`` and
+    the uncertainty (if any) appended by ``extra(text)``."""
     per_column = []
     for j in range(len(table.columns)):
         decimals = _column_decimals(table, j)
@@ -156,9 +241,18 @@ def _styled_rows(table: Table, bold: Any, mark: Any) -> list[list[str]]:
             text = _cell_text(cell, decimals)
             if cell.status == "ok" and text in best and cell.comparable:
                 text = bold(text)
-            texts.append(text + "".join(mark(m) for m in cell.marks))
+            text += "".join(mark(m) for m in cell.marks)
+            spread = uncertainty_text(cell, decimals, style)
+            if spread:
+                text += extra(spread) if extra is not None else f" {spread}"
+            texts.append(text)
         out.append(texts)
     return out
+
+
+def _notes(table: Table, style: str) -> list[str]:
+    legend = uncertainty_legend(table, style)
+    return ([legend] if legend else []) + table.cell_notes + table.notes
 
 
 # ---- markdown ------------------------------------------------------------------------------
@@ -168,19 +262,19 @@ def _md_escape(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def _markdown(table: Table) -> str:
+def _markdown(table: Table, style: str = "interval") -> str:
     header = ["encoder"] + [c.label for c in table.columns]
     lines = [
         "| " + " | ".join(_md_escape(h) for h in header) + " |",
         "|:--|" + "--:|" * len(table.columns),
     ]
-    styled = _styled_rows(table, bold=lambda t: f"**{t}**", mark=lambda m: m)
+    styled = _styled_rows(table, bold=lambda t: f"**{t}**", mark=lambda m: m, style=style)
     for row, texts in zip(table.rows, styled):
         lines.append("| " + " | ".join([_md_escape(row.label)] + texts) + " |")
     if table.footnotes:
         lines.append("")
         lines.extend(f"- {f.mark} {_md_escape(f.text)}" for f in table.footnotes)
-    notes = table.cell_notes + table.notes
+    notes = _notes(table, style)
     if notes:
         lines += ["", "**Notes**", ""]
         lines.extend(f"- {_md_escape(note)}" for note in notes)
@@ -205,16 +299,45 @@ def _row_notes(table: Table, cells: list[Cell]) -> str:
     return "; ".join(notes)
 
 
-def _csv(table: Table) -> str:
+def _csv_extras(table: Table, j: int, style: str) -> list[str]:
+    """The uncertainty sub-columns of column ``j``: ``ci_low``/``ci_high`` and/or ``std``."""
+    if style == "none":
+        return []
+    cells = [row.cells[j] for row in table.rows]
+    out = []
+    if any(c.ci is not None for c in cells):
+        out += ["ci_low", "ci_high"]
+    if any(c.std is not None for c in cells):
+        out.append("std")
+    return out
+
+
+def _csv_extra_value(cell: Cell, what: str) -> str:
+    if cell.status != "ok":
+        return ""
+    if what == "std":
+        return "" if cell.std is None else repr(cell.std)
+    if cell.ci is None:
+        return ""
+    return repr(cell.ci.low if what == "ci_low" else cell.ci.high)
+
+
+def _csv(table: Table, style: str = "interval") -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["suite", "encoder"] + [c.label for c in table.columns] + ["notes"])
+    extras = [_csv_extras(table, j, style) for j in range(len(table.columns))]
+    header = ["suite", "encoder"]
+    for column, sub in zip(table.columns, extras):
+        header += [column.label] + [f"{column.label} {what}" for what in sub]
+    writer.writerow(header + ["notes"])
     for row in table.rows:
-        writer.writerow(
-            [row.suite, row.encoder] + [_csv_value(c) for c in row.cells] + [_row_notes(table, row.cells)]
-        )
-    for note in table.notes:  # table-level: a line without suite, encoder or values
-        writer.writerow(["", ""] + [""] * len(table.columns) + [note])
+        values = []
+        for cell, sub in zip(row.cells, extras):
+            values += [_csv_value(cell)] + [_csv_extra_value(cell, what) for what in sub]
+        writer.writerow([row.suite, row.encoder] + values + [_row_notes(table, row.cells)])
+    legend = uncertainty_legend(table, style)
+    for note in ([legend] if legend else []) + table.notes:  # table-level: no suite, encoder or values
+        writer.writerow(["", ""] + [""] * (len(header) - 2) + [note])
     return buf.getvalue()
 
 
@@ -230,14 +353,27 @@ def _latex_mark(mark: str) -> str:
     return "$^{" + "".join(_LATEX_MARKS.get(ch, ch) for ch in mark) + "}$"
 
 
-def _latex(table: Table) -> str:
+def _latex_header(column: Column) -> str:
+    """An escaped column label; a lower-is-better column says so with a down arrow."""
+    return latex_escape(column.label) + ("" if column.higher_is_better else r" $\downarrow$")
+
+
+def _latex_spread(text: str) -> str:
+    r"""Uncertainty after a value, set smaller: ``{\scriptsize [a, b]}`` or ``{\scriptsize $\pm$ s}``."""
+    text = text.replace("± ", r"$\pm$ ")
+    return r" {\scriptsize " + text + "}"
+
+
+def _latex(table: Table, style: str = "interval") -> str:
     lines = [
         r"\begin{tabular}{l" + "r" * len(table.columns) + "}",
         r"\toprule",
-        " & ".join(latex_escape(h) for h in ["encoder"] + [c.label for c in table.columns]) + r" \\",
+        " & ".join(["encoder"] + [_latex_header(c) for c in table.columns]) + r" \\",
         r"\midrule",
     ]
-    styled = _styled_rows(table, bold=lambda t: r"\textbf{" + t + "}", mark=_latex_mark)
+    styled = _styled_rows(
+        table, bold=lambda t: r"\textbf{" + t + "}", mark=_latex_mark, extra=_latex_spread, style=style
+    )
     for row, texts in zip(table.rows, styled):
         # cell texts are numbers, markers and our own macros: only the dash needs translating
         cells = [t.replace(_MISSING, "--") for t in texts]
@@ -250,7 +386,8 @@ def _latex(table: Table) -> str:
             + r" \par ".join(f"{_latex_mark(f.mark)} {latex_escape(f.text)}" for f in table.footnotes)
             + r"\par}"
         )
-    lines.extend(f"% {' '.join(note.split())}" for note in table.cell_notes + table.notes)
+    lines.extend(f"% {' '.join(note.split())}" for note in _notes(table, style))
+    lines.append(r"% needs \usepackage{booktabs}")
     return "\n".join(lines) + "\n"
 
 
@@ -279,6 +416,12 @@ def _column_json(column: Column) -> dict[str, Any]:
     }
 
 
+def _interval_json(cell: Cell) -> dict[str, Any] | None:
+    if cell.ci is None:
+        return None
+    return {"low": cell.ci.low, "high": cell.ci.high, "level": cell.ci.level, "method": cell.ci.method}
+
+
 def _cell_json(column: Column, cell: Cell) -> dict[str, Any]:
     return {
         "column": column.label,
@@ -287,6 +430,8 @@ def _cell_json(column: Column, cell: Cell) -> dict[str, Any]:
         "status": cell.status,
         "main_metric": cell.main_metric,
         "main_value": cell.value,
+        "ci": _interval_json(cell),
+        "std": cell.std,
         "metrics": cell.metrics,
         "reason": cell.reason,
         "protocol_version": cell.protocol_version,
@@ -296,7 +441,7 @@ def _cell_json(column: Column, cell: Cell) -> dict[str, Any]:
     }
 
 
-def _json(table: Table) -> str:
+def _json(table: Table, style: str = "interval") -> str:
     doc = {
         "columns": [_column_json(c) for c in table.columns],
         "rows": [

@@ -12,6 +12,11 @@ An ``ok`` cell with another signature is never shown silently beside the others:
 footnote mark (``†``, ``‡``, ...) whose footnote says what differs. Failed and skipped cells keep
 their reason (listed by :attr:`Table.cell_notes`).
 
+Uncertainty is read from the result when it is there and never required: a cell's ``ci`` is the
+confidence interval of its main value (``result["ci"]["main"]``, ``{"low", "high", "level", ...}``)
+and its ``std`` the spread over seeds of a multi-seed cell (``metrics["<main>_std"]``, or the
+headline label fraction's ``<main>@frac<f>_std`` of a linear probe run with several seeds).
+
 Plain Python only: this module must never import torch or numpy (CI gates read tables fast).
 
 Example::
@@ -34,12 +39,16 @@ __all__ = [
     "Cell",
     "Column",
     "Footnote",
+    "Interval",
     "Row",
     "Table",
     "build_table",
     "footnote_mark",
     "higher_is_better",
+    "main_ci",
+    "main_std",
     "main_value",
+    "metric_ci",
 ]
 
 _MARKS = ("†", "‡", "§", "¶", "‖")
@@ -70,6 +79,20 @@ class Column:
         return label
 
 
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A confidence interval ``[low, high]`` at ``level`` (e.g. 0.95; None when not stated)."""
+
+    low: float
+    high: float
+    level: float | None = None
+    method: str | None = None
+
+    @property
+    def halfwidth(self) -> float:
+        return (self.high - self.low) / 2
+
+
 @dataclasses.dataclass
 class Cell:
     """One (row, column) cell; ``status`` is ``ok``, ``failed``, ``skipped`` or ``missing``."""
@@ -83,6 +106,10 @@ class Cell:
     comparability_hash: str | None = None
     #: footnote marks; a marked cell is not comparable with the unmarked cells of its column
     marks: list[str] = dataclasses.field(default_factory=list)
+    #: confidence interval of ``value``, when the result carries one
+    ci: Interval | None = None
+    #: standard deviation of ``value`` over seeds, when the result carries one
+    std: float | None = None
 
     @property
     def comparable(self) -> bool:
@@ -142,6 +169,72 @@ def main_value(result: dict[str, Any]) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
+
+
+def _interval(raw: Any) -> Interval | None:
+    """An :class:`Interval` from ``{"low", "high", "level"?, "method"?}``; None when malformed."""
+    if not isinstance(raw, dict):
+        return None
+    low, high, level = raw.get("low"), raw.get("high"), raw.get("level")
+    if not all(_is_number(v) and math.isfinite(v) for v in (low, high)) or low > high:
+        return None
+    level = float(level) if _is_number(level) and 0 < level < 1 else None
+    method = raw.get("method")
+    return Interval(float(low), float(high), level, str(method) if method is not None else None)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metric_ci(result: dict[str, Any], metric: str | None) -> Interval | None:
+    """The confidence interval a result records for ``metric``, or None when it records none.
+
+    Looked up as ``ci["main"]`` (main metric only), ``metrics_ci[metric]``, ``ci[metric]``, then
+    the seed-aggregation form ``metrics["<metric>_ci_low"]`` / ``["<metric>_ci_high"]`` (a
+    Student-t interval over seeds; ``<metric>_mean`` is looked up as ``<metric>``'s).
+    """
+    if metric is None:
+        return None
+    ci = result.get("ci") if isinstance(result.get("ci"), dict) else {}
+    per_metric = result.get("metrics_ci") if isinstance(result.get("metrics_ci"), dict) else {}
+    metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+    base = metric.removesuffix("_mean")
+    candidates = [per_metric.get(metric), ci.get(metric)]
+    if metric == result.get("main_metric"):
+        candidates.insert(0, ci.get("main"))
+    for name in dict.fromkeys((metric, base)):
+        if f"{name}_ci_low" in metrics:
+            candidates.append(
+                {
+                    "low": metrics.get(f"{name}_ci_low"),
+                    "high": metrics.get(f"{name}_ci_high"),
+                    "level": metrics.get(f"{name}_ci_level"),
+                    "method": "t over seeds",
+                }
+            )
+    return next((iv for iv in map(_interval, candidates) if iv is not None), None)
+
+
+def main_ci(result: dict[str, Any]) -> Interval | None:
+    """The confidence interval of a result's main value, or None."""
+    return metric_ci(result, result.get("main_metric"))
+
+
+def main_std(result: dict[str, Any]) -> float | None:
+    """The standard deviation over seeds of a result's main value, or None when not multi-seed."""
+    metrics = result.get("metrics") or {}
+    main = result.get("main_metric")
+    if main is None:
+        return None
+    value = metrics.get(f"{main}_std")
+    if value is None:  # a linear probe whose headline fraction ran with several seeds
+        details = result.get("details") if isinstance(result.get("details"), dict) else {}
+        fraction = details.get("headline_fraction")
+        runs = (details.get("fractions") or {}).get(f"frac{fraction:g}") if _is_number(fraction) else None
+        if isinstance(runs, list) and len(runs) > 1:
+            value = metrics.get(f"{main}@frac{fraction:g}_std")
+    return float(value) if _is_number(value) and math.isfinite(value) else None
 
 
 def higher_is_better(result: dict[str, Any]) -> bool:
@@ -256,6 +349,8 @@ def _cell(result: dict[str, Any] | None) -> Cell:
         reason=" ".join(str(reason).split()) if reason else None,
         protocol_version=None if pv is None else str(pv),
         comparability_hash=result.get("comparability_hash"),
+        ci=main_ci(result) if status == "ok" else None,
+        std=main_std(result) if status == "ok" else None,
     )
 
 

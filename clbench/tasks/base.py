@@ -23,7 +23,7 @@ import numpy as np
 
 @dataclasses.dataclass
 class TaskOutput:
-    """What a task returns: flat ``metrics`` (name -> number) and optional ``details``."""
+    """What a task returns: flat ``metrics`` (name -> number), optional ``details`` and ``samples``."""
 
     metrics: dict[str, float]
     main_metric: str
@@ -31,6 +31,14 @@ class TaskOutput:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     #: files written next to the result as ``<task>.<name>`` (e.g. ``{"spectrum.png": b"..."}``)
     artifacts: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    #: per-sample outcomes, so CIs and paired tests can be computed (now and after the fact):
+    #: ``{"kind", "arrays": {name: 1-D array [n], all one length n}, "metrics": {metric:
+    #: (statistic, [array names])}, "groups": optional int [n]}``, built with
+    #: :func:`clbench.stats.samples.task_samples` (invalid outcomes become ``unavailable`` instead
+    #: of failing the cell). Empty when the protocol has none, or
+    #: ``{"unavailable": "why"}`` to record the reason. The runner writes the arrays to
+    #: ``<task>.samples.npz`` and a bootstrap CI of the main metric into the result.
+    samples: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class TaskContext:
@@ -48,8 +56,14 @@ class TaskContext:
         encoder: Any,
         device: str = "cpu",
         seed: int = 0,
+        cache_dir: Any = None,
+        console: Any = None,
     ):
         self._features = features
+        #: the run's cache folder (training state of dense tasks lives under it); None: the default
+        self.cache_dir = cache_dir
+        #: the run's rich console (progress bars), or None when not attached to a terminal
+        self.console = console
         self.dataset = dataset
         self.encoder = encoder
         self.device = device

@@ -22,6 +22,8 @@ import numpy as np
 
 from ..errors import DataError
 from ..options import option, resolve_options
+from ..stats.samples import task_samples
+from ..stats.seeds import seed_metrics
 from .base import Task, TaskContext, TaskOutput
 
 
@@ -88,13 +90,23 @@ class ClusteringTask(Task):
             x = l2_normalize(x).astype(np.float32)
         t0 = time.perf_counter()
         runs = []
+        assignments: dict[str, np.ndarray] = {}
         for s in opts.seeds:
             c = kmeans(x, k, seed=s, max_iter=opts.max_iter)
+            assignments[f"clusters_seed{s}"] = c
             runs.append({"seed": s, "nmi": nmi(labels, c), "ari": ari(labels, c), "purity": purity(labels, c)})
         metrics: dict[str, float] = {}
         for name in ("nmi", "ari", "purity"):
             values = [r[name] for r in runs]
             metrics[name] = float(np.mean(values))
-            metrics[f"{name}_std"] = float(np.std(values))
+            # std over seeds (ddof 0), and with several seeds a Student-t CI over them
+            metrics.update({key: v for key, v in seed_metrics(name, values).items() if not key.endswith("_mean")})
         details = {"k": k, "n": len(x), "num_classes": len(np.unique(labels)), "runs": runs}
-        return TaskOutput(metrics, cls.main_metric(opts), details, {"fit_s": time.perf_counter() - t0})
+        # NMI/ARI/purity are not means of per-sample terms: a CI resamples samples (with their
+        # cluster of every seed) and recomputes the mean over seeds on each resample
+        names = ["y_true", *assignments]
+        samples = task_samples(
+            "labels", {"y_true": labels, **assignments}, {name: (name, names) for name in ("nmi", "ari", "purity")}
+        )
+        return TaskOutput(metrics, cls.main_metric(opts), details, {"fit_s": time.perf_counter() - t0},
+                          samples=samples)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import DataError
-from ..metrics.image_text import DEFAULT_KS, image_text_recall
+from ..metrics.image_text import DEFAULT_KS, image_text_ranks, recall_metrics
 from ..options import option
 from .base import Task, TaskContext, TaskOutput
 
@@ -88,10 +88,24 @@ class ImageTextRetrievalTask(Task):
         similarity = "cosine" if opts.similarity == "auto" else opts.similarity
         ks = sorted(set(opts.k_values) | {1})
         t0 = time.perf_counter()
-        metrics = image_text_recall(
-            image_emb, text_emb, caption_to_image, ks=ks, chunk_size=opts.chunk_size, device=device,
+        t2i, i2t = image_text_ranks(
+            image_emb, text_emb, caption_to_image, chunk_size=opts.chunk_size, device=device,
             similarity=similarity,
         )
+        metrics = recall_metrics(t2i, i2t, ks)
         details = {"n_images": len(image_emb), "n_captions": len(text_emb), "similarity": similarity}
         return TaskOutput(metrics=metrics, main_metric="mean_R@1", details=details,
-                          timings={"search_s": time.perf_counter() - t0})
+                          timings={"search_s": time.perf_counter() - t0}, samples=_samples(t2i, i2t, ks))
+
+
+def _samples(t2i: np.ndarray, i2t: np.ndarray, ks: list[int]) -> dict[str, Any]:
+    """Per query (captions, then images; ``groups`` 0 and 1): hit at each k. ``mean_R@k`` is the
+    mean of the two directions' recalls, so CIs resample captions and images each within itself."""
+    from ..stats.samples import task_samples
+
+    ranks = np.concatenate([t2i, i2t])
+    groups = np.r_[np.zeros(len(t2i), np.int64), np.ones(len(i2t), np.int64)]
+    arrays = {f"hit@{k}": ranks < k for k in ks}
+    return task_samples(
+        "per_query", arrays, {f"mean_R@{k}": ("group_mean", [f"hit@{k}"]) for k in ks}, groups=groups
+    )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -35,6 +35,11 @@ class KnnOptions:
     temperature: float = option(0.07, "T in the vote weight exp(cosine / T)")
     chunk_size: int | None = option(
         None, "test rows per similarity block (default: ~64 MB of similarities on CPU, ~512 MB on GPU)"
+    )
+    precision: Literal["auto", "fp32", "bf16-prefilter"] = option(
+        "auto",
+        "similarity pass that finds the candidates (same neighbours and results for all; auto:"
+        " bf16-prefilter on AMX-BF16 CPUs and sm80+ GPUs, else fp32)",
     )
 
     def validate(self) -> None:
@@ -77,36 +82,49 @@ class KnnTask(ClassificationTask):
     ) -> TaskOutput:
         """Run the protocol on in-memory features [N, D] and integer labels (``seed`` is unused:
         the k-NN rule is deterministic; it is accepted so every task is called alike)."""
-        from ..metrics.knn import knn_metrics
+        from ..metrics.classification import topk_hits
+        from ..metrics.knn import knn_predict
+        from ..stats.samples import task_samples
 
         opts = resolve_options(KnnOptions, options)
         num_classes = cls.num_classes(x_train, y_train, x_test, y_test)
         if max(opts.k) > len(x_train):
             raise DataError(f"knn: k={max(opts.k)} exceeds the {len(x_train)} training samples; lower k")
+        search: dict[str, Any] = {}  # which similarity pass ran, candidates per row
         t0 = time.perf_counter()
-        per_k = knn_metrics(
+        y_test = np.asarray(y_test)
+        pred = knn_predict(
             x_train,
             np.asarray(y_train),
             x_test,
-            np.asarray(y_test),
             ks=opts.k,
             temperature=opts.temperature,
             num_classes=num_classes,
             chunk_size=opts.chunk_size,
             device=device,
+            precision=opts.precision,
+            stats=search,
         )
         fit_s = time.perf_counter() - t0
         metrics: dict[str, float] = {}
+        hits: dict[str, np.ndarray] = {}  # per test sample, for CIs and paired tests
+        n5 = min(5, num_classes)
         for k in opts.k:
-            metrics[f"top1@k{k}"] = per_k[k]["top1"]
-            metrics[f"top5@k{k}"] = per_k[k]["top5"]
+            hits[f"top1@k{k}"] = topk_hits(pred[k], y_test, 1)
+            hits[f"top5@k{k}"] = topk_hits(pred[k], y_test, n5)
+            metrics[f"top1@k{k}"] = float(hits[f"top1@k{k}"].mean())
+            metrics[f"top5@k{k}"] = float(hits[f"top5@k{k}"].mean())
         details = {
             "num_classes": num_classes,
             "n_train": len(x_train),
             "n_test": len(x_test),
             "dim": int(np.shape(x_train)[1]),
             "temperature": opts.temperature,
+            "similarity_pass": search["precision"],
+            "candidates_per_row": round(search["candidates_per_row"], 2),
+            "fp32_redone_rows": search["fp32_redone_rows"],
         }
         if num_classes < 5:
             details["note"] = f"{num_classes} classes: top5 is top-{num_classes} accuracy (always 1)"
-        return TaskOutput(metrics, cls.main_metric(opts), details, {"fit_s": fit_s})
+        samples = task_samples("correct", hits, {name: ("mean", [name]) for name in hits})
+        return TaskOutput(metrics, cls.main_metric(opts), details, {"fit_s": fit_s}, samples=samples)

@@ -8,8 +8,9 @@ with L-BFGS, on the GPU when the run's device is one.
 
 Label efficiency: ``label_fractions`` below 1 repeat the probe on per-class stratified subsets
 of the training set (at least one sample per class), once per seed in ``seeds``, reporting
-``top1@frac<f>_mean`` / ``_std`` (population std over seeds) and the same for ``top5`` and
-``balanced_accuracy``. A subset too small for a validation split (a class with one sample) reuses
+``top1@frac<f>_mean`` / ``_std`` (population std over seeds), with two or more seeds also
+``_ci_low`` / ``_ci_high`` (Student-t CI over seeds, :mod:`clbench.stats.seeds`), and the same
+for ``top5`` and ``balanced_accuracy``. A subset too small for a validation split (a class with one sample) reuses
 the C chosen on the whole training set; ``details["fractions"]`` records where that happened.
 
 Metrics ``top1``, ``top5``, ``balanced_accuracy`` and ``C`` are those of fraction 1.0, or of the
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..options import option, resolve_options
+from ..stats.seeds import seed_metrics
 from .base import ClassificationTask, TaskOutput
 
 
@@ -150,12 +152,13 @@ class LinearProbeTask(ClassificationTask):
             if per_fraction:
                 for name in ("top1", "top5", "balanced_accuracy"):
                     values = [getattr(r, name) for _, r in results]
-                    metrics[f"{name}@{_frac_key(frac)}_mean"] = float(np.mean(values))
-                    metrics[f"{name}@{_frac_key(frac)}_std"] = float(np.std(values))
+                    # mean, std (ddof 0) and, with two or more seeds, a Student-t CI over seeds
+                    metrics.update(seed_metrics(f"{name}@{_frac_key(frac)}", values))
         head = runs[max(runs)]
         for name in ("top1", "top5", "balanced_accuracy"):
             metrics[name] = float(np.mean([getattr(r, name) for _, r in head]))
         metrics["C"] = float(np.median([r.C for _, r in head]))
+        samples = _samples(head, np.asarray(y_test))
 
         details: dict[str, Any] = {
             "num_classes": num_classes,
@@ -171,4 +174,21 @@ class LinearProbeTask(ClassificationTask):
         n_fitted = len(np.unique(y_train))
         if n_fitted < 5:
             details["note"] = f"{n_fitted} classes: top5 is top-{n_fitted} accuracy (always 1)"
-        return TaskOutput(metrics, cls.main_metric(opts), details, {"fit_s": fit_s})
+        return TaskOutput(metrics, cls.main_metric(opts), details, {"fit_s": fit_s}, samples=samples)
+
+
+def _samples(head: list, y_test: np.ndarray) -> dict[str, Any]:
+    """Per-test-sample outcomes of the headline fraction: top-1/top-5 hits (with several seeds,
+    the share of seeds that got the sample right, whose mean is the mean over seeds), and with
+    one run the predictions behind ``balanced_accuracy``."""
+    from ..stats.samples import task_samples
+
+    arrays: dict[str, np.ndarray] = {}
+    for name, attr in (("top1", "hits1"), ("top5", "hits5")):
+        hits = [getattr(r, attr) for _, r in head]
+        arrays[name] = hits[0] if len(hits) == 1 else np.mean(hits, axis=0)
+    specs = {name: ("mean", [name]) for name in arrays}
+    if len(head) == 1:
+        arrays.update(y_true=y_test, y_pred=head[0][1].pred)
+        specs["balanced_accuracy"] = ("balanced_accuracy", ["y_true", "y_pred"])
+    return task_samples("correct", arrays, specs)

@@ -116,6 +116,8 @@ class MtebTask(Task):
         return TaskOutput(
             metrics=metrics, main_metric=main_key, details=details,
             timings={"data_load_s": load_s, "fit_s": time.perf_counter() - t0},
+            # mteb's evaluators return aggregate scores only (no per-sample outcomes to resample)
+            samples={"unavailable": "mteb reports aggregate scores only: no per-sample outcomes, no CI"},
         )
 
 

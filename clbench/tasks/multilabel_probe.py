@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..options import option, resolve_options
+from ..stats.seeds import seed_metrics
 from .base import Task, TaskContext, TaskOutput
 
 
@@ -78,8 +79,9 @@ def _probe(xtr, ytr, xte, yte, opts, seed, device):
             if valid:
                 C = max(valid, key=lambda t: (t["val_auroc"], -t["C"]))["C"]
     model = fit_ovr_logistic(xtr, ytr, C, max_iter=opts.max_iter, device=device)
-    mean, per = mean_auroc(yte, model.scores(xte))
-    return {"auroc": mean, "per_label": per, "C": C, "sweep": trace, "n_train": len(xtr)}
+    scores = model.scores(xte)
+    mean, per = mean_auroc(yte, scores)
+    return {"auroc": mean, "per_label": per, "C": C, "sweep": trace, "n_train": len(xtr), "scores": scores}
 
 
 class MultilabelProbeTask(Task):
@@ -148,15 +150,37 @@ class MultilabelProbeTask(Task):
         if len(runs) > 1 or max(runs) < 1.0:
             for frac, rs in runs.items():
                 values = [r["auroc"] for r in rs]
-                metrics[f"auroc@frac{frac:g}_mean"] = float(np.mean(values))
-                metrics[f"auroc@frac{frac:g}_std"] = float(np.std(values))
+                # mean, std (ddof 0) and, with several seeds, a Student-t CI over seeds
+                metrics.update(seed_metrics(f"auroc@frac{frac:g}", values))
         skipped = [names[j] for j in range(yte.shape[1]) if len(np.unique(yte[:, j])) < 2]
         details: dict[str, Any] = {
             "labels": names, "n_train": len(xtr), "n_test": len(xte), "dim": int(xtr.shape[1]),
             "headline_fraction": max(runs),
-            "fractions": {f"frac{f:g}": [{k: v for k, v in r.items() if k != "per_label"} for r in rs]
+            "fractions": {f"frac{f:g}": [{k: v for k, v in r.items() if k not in ("per_label", "scores")}
+                                         for r in rs]
                           for f, rs in runs.items()},
         }
         if skipped:
             details["labels_without_both_classes_in_test"] = skipped
-        return TaskOutput(metrics, cls.main_metric(opts), details, {"fit_s": time.perf_counter() - t0})
+        return TaskOutput(metrics, cls.main_metric(opts), details, {"fit_s": time.perf_counter() - t0},
+                          samples=_samples(head, yte))
+
+
+#: labels up to which the mean AUROC gets a bootstrap CI (each resample recomputes every label's AUROC)
+MAX_CI_LABELS = 64
+
+
+def _samples(head: list[dict[str, Any]], yte: np.ndarray) -> dict[str, Any]:
+    """Per test row: each label's truth and score, so the mean AUROC is recomputed per resample."""
+    from ..stats.samples import task_samples
+
+    if len(head) != 1:
+        return {"unavailable": "the headline label fraction ran with several seeds: no per-sample CI"}
+    if yte.shape[1] > MAX_CI_LABELS:
+        return {"unavailable": f"{yte.shape[1]} labels: a bootstrap of the mean AUROC is too slow"}
+    scores = head[0]["scores"]
+    arrays: dict[str, np.ndarray] = {}
+    for j in range(yte.shape[1]):
+        arrays[f"y{j}"] = yte[:, j].astype(np.int8)
+        arrays[f"s{j}"] = np.asarray(scores[:, j], dtype=np.float64)
+    return task_samples("labels", arrays, {"auroc": ("mean_auroc", list(arrays))})

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from ..options import option, resolve_options
+from ..stats.samples import task_samples
+from ..stats.seeds import seed_metrics
 from .base import ClassificationTask, TaskOutput
 
 
@@ -102,10 +104,13 @@ class NodeClassificationTask(ClassificationTask):
                            val_fraction=opts.val_fraction, max_iter=opts.max_iter)
         t0 = time.perf_counter()
         full: dict[str, Any] = {}
+        preds: dict[Any, np.ndarray] = {}  # test predictions per (shots, seed); None: the full set
 
-        def fit(x, y, C, s):
+        def fit(x, y, C, s, key=None):
             res = linear_probe(x, y, xte, yte, settings=st, C=C, device=device, seed=s)
-            return {"C": res.C, "C_source": res.C_source, **f1_scores(yte, res.model.predict(xte))}
+            pred = res.model.predict(xte)
+            preds[key] = pred
+            return {"C": res.C, "C_source": res.C_source, **f1_scores(yte, pred)}
 
         def full_fit():
             if not full:
@@ -114,9 +119,11 @@ class NodeClassificationTask(ClassificationTask):
 
         metrics: dict[str, float] = {}
         runs: dict[str, list[dict[str, Any]]] = {}
+        head: list[np.ndarray] = []
         if not opts.shots:
             r = full_fit()
             metrics.update(macro_f1=r["macro_f1"], micro_f1=r["micro_f1"], C=r["C"])
+            head = [preds[None]]
         else:
             for k in sorted(opts.shots):
                 runs[f"{k}shot"] = []
@@ -125,17 +132,28 @@ class NodeClassificationTask(ClassificationTask):
                     C = None
                     if opts.c_min != opts.c_max and stratified_split(ytr[idx], opts.val_fraction, s) is None:
                         C = full_fit()["C"]
-                    r = fit(xtr[idx], ytr[idx], C, s)
+                    r = fit(xtr[idx], ytr[idx], C, s, key=(k, s))
+                    if k == max(opts.shots):
+                        head.append(preds[(k, s)])
                     if C is not None:
                         r["C_source"] = "full"
                     runs[f"{k}shot"].append({"seed": s, "n_train": len(idx), **r})
                 for name in ("macro_f1", "micro_f1"):
                     values = [r[name] for r in runs[f"{k}shot"]]
-                    metrics[f"{name}@{k}shot_mean"] = float(np.mean(values))
-                    metrics[f"{name}@{k}shot_std"] = float(np.std(values))
+                    # mean, std (ddof 0) and, with several seeds, a Student-t CI over seeds
+                    metrics.update(seed_metrics(f"{name}@{k}shot", values))
             top = max(opts.shots)
             metrics["macro_f1"] = metrics[f"macro_f1@{top}shot_mean"]
             metrics["micro_f1"] = metrics[f"micro_f1@{top}shot_mean"]
         details = {"num_classes": num_classes, "n_train": len(xtr), "n_test": len(xte), "dim": int(xtr.shape[1]),
                    "shots": runs}
-        return TaskOutput(metrics, cls.main_metric(opts), details, {"fit_s": time.perf_counter() - t0})
+        # per test node: the label, the prediction of each headline fit (one per seed with shots),
+        # and the share of those fits that got it right (micro-F1 is its mean)
+        arrays = {"y_true": yte, **{f"y_pred{i}": p for i, p in enumerate(head)},
+                  "correct": np.mean([p == yte for p in head], axis=0)}
+        samples = task_samples("labels", arrays, {
+            "macro_f1": ("macro_f1", ["y_true", *(f"y_pred{i}" for i in range(len(head)))]),
+            "micro_f1": ("mean", ["correct"]),
+        })
+        return TaskOutput(metrics, cls.main_metric(opts), details, {"fit_s": time.perf_counter() - t0},
+                          samples=samples)

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..options import option, resolve_options
+from ..stats.samples import task_samples
 from .base import Task, TaskContext, TaskOutput
 
 
@@ -78,9 +79,10 @@ class RecommendationTask(Task):
             raise DataError(f"recommendation: user {users.shape} and item {items.shape} embeddings must "
                             "be matrices of one width")
         t0 = time.perf_counter()
+        per_user: dict[str, np.ndarray] = {}
         try:
             out = topk_metrics(users, items, train, test, ks=opts.ks, score=opts.score, chunk=opts.chunk_size,
-                               device=device, per_user=True)
+                               device=device, per_user=True, user_scores=per_user)
         except ValueError as err:
             raise DataError(f"recommendation: {err}") from None
         n_eval = int(out.pop("users"))
@@ -90,4 +92,7 @@ class RecommendationTask(Task):
         }
         if max(opts.ks) > len(items):
             details["note"] = f"K above the {len(items)} items is cut to {len(items)}"
-        return TaskOutput(out, cls.main_metric(opts), details, {"fit_s": time.perf_counter() - t0})
+        # every metric is a mean over evaluated users: CIs resample users
+        samples = task_samples("per_query", per_user, {key: ("mean", [key]) for key in per_user})
+        return TaskOutput(out, cls.main_metric(opts), details, {"fit_s": time.perf_counter() - t0},
+                          samples=samples)

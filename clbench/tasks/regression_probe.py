@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..options import option, resolve_options
+from ..stats.samples import task_samples
 from .base import ClassificationTask, TaskOutput
 
 
@@ -99,4 +100,11 @@ class RegressionProbeTask(ClassificationTask):
         }
         if model.alpha in (min(opts.alphas), max(opts.alphas)) and len(opts.alphas) > 1:
             details["note"] = f"alpha={model.alpha:g} lies at the edge of the searched range"
-        return TaskOutput(metrics, cls.main_metric(opts), details, {"fit_s": time.perf_counter() - t0})
+        # per test row: target, prediction and absolute error (R2 is recomputed per resample)
+        samples = task_samples(
+            "labels", {"y_true": yte, "y_pred": np.asarray(pred, dtype=np.float64), "abs_err": np.abs(yte - pred)},
+            {"r2": ("r2", ["y_true", "y_pred"]), "mae": ("mean", ["abs_err"]),
+             "spearman": ("spearman", ["y_true", "y_pred"])},
+        )
+        return TaskOutput(metrics, cls.main_metric(opts), details, {"fit_s": time.perf_counter() - t0},
+                          samples=samples)

@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import DataError
 from ..metrics.retrieval import DEFAULT_KS, retrieval_metrics, topk_search
 from ..options import option
+from ..stats.samples import task_samples
 from .base import Task, TaskContext, TaskOutput
 
 MAIN_METRIC = "ndcg@10"
@@ -137,9 +138,13 @@ class RetrievalTask(Task):
                    if name in (MAIN_METRIC, f"recall@{max(ks)}")},
             },
         }
+        # every metric is a mean over queries: bootstrap CIs resample queries
+        samples = task_samples(
+            "per_query", result.per_query, {name: ("mean", [name]) for name in result.per_query}
+        )
         return TaskOutput(
             metrics=result.metrics, main_metric=MAIN_METRIC, details=details,
-            timings={"search_s": search_s, "fit_s": time.perf_counter() - t0},
+            timings={"search_s": search_s, "fit_s": time.perf_counter() - t0}, samples=samples,
         )
 
 

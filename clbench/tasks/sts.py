@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import DataError
 from ..metrics.sts import CORRELATIONS, SIMILARITIES, sts_metrics
 from ..options import option, resolve_options
+from ..stats.samples import task_samples
 from .base import Task, TaskContext, TaskOutput
 
 MainMetric = Literal[
@@ -113,6 +114,11 @@ class STSTask(Task):
             )
         main = options.metric
         metrics = sts_metrics(emb_a, emb_b, scores)
+        # per pair: gold score and each similarity, so correlations can be bootstrapped over pairs
+        arrays = {"gold": scores, **{sim: fn(emb_a, emb_b) for sim, fn in SIMILARITIES.items()}}
+        samples = task_samples(
+            "pairs", arrays, {f"{sim}_{corr}": (corr, ["gold", sim]) for sim in SIMILARITIES for corr in CORRELATIONS}
+        )
         details: dict[str, Any] = {"n_pairs": len(scores)}
         if subsets is not None:
             subsets = [str(s) for s in subsets]
@@ -130,5 +136,6 @@ class STSTask(Task):
                         s = SIMILARITIES[sim](emb_a[keep], emb_b[keep])
                         metrics[f"{key}[{name}]"] = CORRELATIONS[corr](scores[keep], s)
         return TaskOutput(
-            metrics=metrics, main_metric=main, details=details, timings={"fit_s": time.perf_counter() - t0}
+            metrics=metrics, main_metric=main, details=details, timings={"fit_s": time.perf_counter() - t0},
+            samples=samples,
         )

@@ -34,9 +34,10 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..metrics.classification import balanced_accuracy, topk_accuracy
+from ..metrics.classification import balanced_accuracy, topk_hits
 from ..metrics.image_text import zero_shot_weights
 from ..options import option
+from ..stats.samples import task_samples
 from .base import Task, TaskContext, TaskOutput
 
 #: built-in template sets (written for clbench; any set can be replaced by ``templates``)
@@ -217,9 +218,15 @@ class ZeroShotTask(Task):
         scores = x @ w.T
         labels = np.asarray(labels).astype(np.int64)
         pred = np.argmax(scores, axis=1)  # first maximum: ties go to the lower class index
-        metrics = {"top1": topk_accuracy(scores, labels, 1)}
+        hits = {"top1": topk_hits(scores, labels, 1)}
         if w.shape[0] >= 5:
-            metrics["top5"] = topk_accuracy(scores, labels, 5)
+            hits["top5"] = topk_hits(scores, labels, 5)
+        metrics = {name: float(h.mean()) for name, h in hits.items()}
         metrics["mean_per_class_recall"] = balanced_accuracy(pred, labels)
+        samples = task_samples(
+            "correct", {**hits, "y_true": labels, "y_pred": pred},
+            {**{name: ("mean", [name]) for name in hits},
+             "mean_per_class_recall": ("balanced_accuracy", ["y_true", "y_pred"])},
+        )
         return TaskOutput(metrics=metrics, main_metric="top1",
-                          details={"n_test": len(labels), "num_classes": int(w.shape[0])})
+                          details={"n_test": len(labels), "num_classes": int(w.shape[0])}, samples=samples)
