@@ -233,18 +233,14 @@ def report(
         help="uncertainty next to values: interval (low, high), pm (± half-width) or none",
     ),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="embed plots in the html report"),
-    published: bool = typer.Option(False, "--published", help="add zoo encoders' published numbers and differences"),
+    published: bool = typer.Option(False, "--published", help="add a '<task> (published)' column: zoo encoders' published numbers and our differences"),
 ) -> None:
     """Encoders x tasks table of main metrics from result files (never imports torch)."""
     from .results.formats import report as render_report
 
     if not results_dir.exists():
         _fail(f"{results_dir}: no such results folder")
-    text = render_report(results_dir, format.value, uncertainty=ci.value, plots=plots)
-    if published:
-        from .zoo.published import published_section
-
-        text = published_section(results_dir, format.value, text)
+    text = render_report(results_dir, format.value, uncertainty=ci.value, plots=plots, published=published)
     if output is not None:
         from .results.store import atomic_write_text
 

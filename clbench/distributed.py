@@ -16,6 +16,15 @@ the other ranks wait for its outcome and exit with the same status. A failure on
 extracting an entry is shared with all ranks, which leave that entry to rank 0's cell, where it
 is retried on one process and, if it fails again, recorded as the cell's failure as usual.
 
+**Collective cells.** A task class with ``collective = True`` (the ``knn`` task) is run by all
+ranks together when rank 0 computes one of its cells: rank 0 sends the other ranks the cell
+(:class:`_Leader`), every rank calls the task's ``run`` with ``ctx.dist`` set to a
+:class:`CellGroup`, and rank 0 alone returns the output the runner writes. The task first loads
+its features through :meth:`CellGroup.load` (rank 0 first, which may extract and write the
+cache, then the others read the cache entries rank 0 named); from there every step that may
+fail on one rank is followed by :meth:`CellGroup.agree`, so a failure anywhere is raised on every
+rank and no rank is left waiting in a collective. k-NN: :func:`knn_neighbours_on_ranks`.
+
 The process group uses NCCL when the run's device is CUDA (each rank on ``cuda:LOCAL_RANK``) and
 gloo on CPU. :func:`merge_topk` and :func:`sharded_topk` compute an exact top-k over a bank held
 in shards (one per rank, or streamed through one device when it is larger than its memory).
@@ -26,8 +35,11 @@ Importing this module does not import torch.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import datetime
+import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -38,10 +50,12 @@ import numpy as np
 from .errors import ClbenchError
 
 __all__ = [
+    "CellGroup",
     "DistInfo",
     "Distributed",
     "detect",
     "is_main_process",
+    "knn_neighbours_on_ranks",
     "merge_topk",
     "prefetch",
     "reassemble",
@@ -432,23 +446,276 @@ def prefetch(runner: Any, cells: Sequence[tuple[str, Any]]) -> list[dict[str, An
     return done
 
 
+# ------------------------------------------------------------------------------ collective cells
+class CellAbandoned(ClbenchError):
+    """Raised on a rank other than 0 that leaves a collective cell early (rank 0 failed, or goes on
+    alone); rank 0 records the cell's outcome."""
+
+
+class CellGroup:
+    """``ctx.dist`` of a collective cell (a task class with ``collective = True``) under torchrun.
+
+    Every rank runs the task's ``run`` at once. The task calls :meth:`load` first; after it,
+    :attr:`active` tells whether the ranks compute together (else rank 0 goes on alone, as in a
+    single-process run, and :attr:`note` says why). Rank 0's output is the cell's result; the other
+    ranks' outputs are discarded (a task returns None there).
+    """
+
+    def __init__(self, group: Distributed):
+        self.group = group
+        self.active = True
+        self.note: str | None = None
+        self.loaded = False
+
+    @property
+    def rank(self) -> int:
+        return self.group.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.group.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.group.is_main
+
+    def agree(self, error: BaseException | None, payload: Any = None) -> list[Any]:
+        """Share every rank's outcome of the step just done (collective): each rank's ``payload``
+        when all succeeded; else raise on every rank (the original error where it happened)."""
+        message = None if error is None else f"{type(error).__name__}: {error}"
+        statuses = self.group.all_gather_object((message, payload))
+        failed = [f"rank {r}: {m}" for r, (m, _) in enumerate(statuses) if m]
+        if failed:
+            if error is not None:
+                raise error
+            raise (ClbenchError if self.is_main else CellAbandoned)("; ".join(failed))
+        return [p for _, p in statuses]
+
+    def load(self, fn: Any) -> Any:
+        """``fn()`` (reading the cell's features) on rank 0 first, where it may extract and write
+        the cache, then on the other ranks, which read the cache (collective). A failure on rank 0
+        fails the cell on every rank; one on another rank leaves rank 0 to run the cell alone
+        (:attr:`active` false, the reason in :attr:`note`; the other ranks raise
+        :class:`CellAbandoned`)."""
+        self.loaded = True
+        value, error = None, None
+        if self.is_main:
+            try:
+                value = fn()
+            except Exception as err:
+                error = err
+        self.agree(error)  # rank 0's features are in the cache (or the cell fails everywhere)
+        if not self.is_main:
+            try:
+                value = fn()
+            except Exception as err:
+                error = err
+        message = None if error is None else f"rank {self.rank}: {type(error).__name__}: {error}"
+        problems = [m for m in self.group.all_gather_object(message) if m]
+        if problems:
+            self.active = False
+            self.note = "computed on rank 0 alone: " + "; ".join(problems)
+            if not self.is_main:
+                raise CellAbandoned(self.note)
+        return value
+
+
+class _Leader:
+    """On rank 0 while it runs the cells: starts each collective cell on the other ranks."""
+
+    def __init__(self, runner: Any, group: Distributed):
+        self.runner, self.group = runner, group
+
+    def open(self, enc_name: str, task: Any) -> CellGroup:
+        """Send the other ranks the cell about to run, with the cache keys of its features."""
+        keys: dict[str, str] = {}
+        if task.dataset and task.cls.splits:
+            runner = self.runner
+            enc_fp = runner.store.fingerprint(runner.encoder(enc_name))
+            ds_fp = runner.store.fingerprint(runner.dataset(task.dataset))
+            keys = {split: runner.cache.key(enc_fp, ds_fp, split) for split in task.cls.splits}
+        self.group.broadcast(("cell", enc_name, task.name, keys))
+        return CellGroup(self.group)
+
+
+def _read_entry(cache: Any, key: str, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A cache entry rank 0 has just read and verified, memory-mapped (rows are read when used:
+    each rank touches its own shard); never modified or removed here."""
+    entry = cache.entry(key)
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        x = np.load(entry / "x.npy", mmap_mode="r", allow_pickle=False)
+        y = np.load(entry / "y.npy", allow_pickle=False) if "y.npy" in meta["files"] else None
+    except (OSError, ValueError, KeyError) as err:
+        raise ClbenchError(f"{where}: feature cache entry {entry} not readable ({err})") from None
+    if meta.get("key") != key or list(x.shape) != meta.get("shape"):
+        raise ClbenchError(f"{where}: feature cache entry {entry} does not match its metadata")
+    return x, y
+
+
+def _follow_cell(runner: Any, group: Distributed, enc_name: str, task_name: str, keys: dict[str, str]) -> None:
+    """A rank other than 0 runs its part of a collective cell (rank 0 records the outcome)."""
+    from .tasks.base import TaskContext
+
+    cell = CellGroup(group)
+    try:
+        task = next(t for t in runner.suite.tasks if t.name == task_name)
+        encoder = runner.encoder(enc_name)
+        dataset = runner.dataset(task.dataset) if task.dataset else None
+
+        def features(split: str) -> tuple[np.ndarray, np.ndarray | None]:
+            if split not in keys:
+                raise ClbenchError(f"split {split!r} of cell {enc_name} · {task_name} has no cache key")
+            return _read_entry(runner.cache, keys[split], f"{enc_name} · {task_name} · {split}")
+
+        ctx = TaskContext(
+            features=features, dataset=dataset, encoder=encoder, device=runner.device, seed=runner.suite.seed,
+            cache_dir=runner.cache.root, console=None, dist=cell,
+        )
+        task_obj = task.cls(task.options, name=task.name)
+    except Exception as err:  # take part in the load step with this failure: rank 0 goes on alone
+        failure = err
+
+        def fail() -> Any:
+            raise failure
+
+        with contextlib.suppress(CellAbandoned):
+            cell.load(fail)
+        return
+    with contextlib.suppress(Exception):  # shared with rank 0 by the task's agree steps; it records the cell
+        task_obj.run(ctx)
+    if not cell.loaded:  # a task that never reached its load step: release rank 0 (it goes on alone)
+
+        def unloaded() -> Any:
+            raise ClbenchError(f"task {task_name!r} did not load its features on rank {group.rank}")
+
+        with contextlib.suppress(CellAbandoned):
+            cell.load(unloaded)
+
+
+def knn_neighbours_on_ranks(
+    cell: CellGroup,
+    train_x: Any,
+    test_x: Any,
+    k: int,
+    *,
+    chunk_size: int | None = None,
+    device: str = "cpu",
+    precision: str = "auto",
+    stats: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`clbench.metrics.knn.knn_neighbours` with the training bank split across the ranks
+    (collective; every rank passes the whole ``train_x``, of which it reads its shard only).
+
+    Rank ``r`` takes the contiguous rows :func:`shard_bounds` gives it and computes their exact top
+    ``min(k, shard rows)`` for every test row (same similarities pair by pair, ties to the lower
+    global index: the shard's offset is passed); the partial lists are gathered to rank 0 in
+    blocks of test rows and merged by :func:`merge_topk`. Rank 0 returns (similarities float32
+    [M, k], global train indices int64 [M, k]), bit for bit what one process computes over the
+    whole bank; the other ranks return None. ``stats`` (rank 0) sums the ranks' candidate counts
+    and records the shards.
+    """
+    import torch
+    import torch.distributed as dist
+
+    from .metrics.knn import knn_neighbours
+
+    group = cell.group
+    n = int(train_x.shape[0])
+    m = int(test_x.shape[0])
+    world, rank = group.world_size, group.rank
+    bounds = [shard_bounds(n, world, r) for r in range(world)]
+    widths = [min(k, stop - start) for start, stop in bounds]
+    local = None
+    local_stats: dict[str, Any] = {}
+    error = None
+    try:
+        if not 1 <= k <= n:
+            raise ValueError(f"k must lie in [1, {n}], got {k}")
+        start, stop = bounds[rank]
+        if widths[rank]:
+            local = knn_neighbours(
+                train_x[start:stop], test_x, widths[rank], chunk_size=chunk_size, device=device,
+                precision=precision, stats=local_stats, offset=start,
+            )
+    except Exception as err:
+        error = err
+    all_stats = cell.agree(error, local_stats)
+
+    # gather in blocks of test rows (bounded memory on rank 0), each rank's list padded to k
+    step = max(1, 2**22 // (k * world))
+    comm = group.comm_device
+    out_sims = np.empty((m, k), dtype=np.float32) if group.is_main else None
+    out_idx = np.empty((m, k), dtype=np.int64) if group.is_main else None
+    merge_error = None
+    for s in range(0, m, step):
+        e = min(s + step, m)
+        vals = torch.full((e - s, k), -math.inf, dtype=torch.float32)
+        idxs = torch.full((e - s, k), -1, dtype=torch.int64)
+        if local is not None:
+            vals[:, : widths[rank]] = torch.from_numpy(local[0][s:e])
+            idxs[:, : widths[rank]] = torch.from_numpy(local[1][s:e])
+        vals, idxs = vals.to(comm), idxs.to(comm)
+        got_v = [torch.empty_like(vals) for _ in range(world)] if group.is_main else None
+        got_i = [torch.empty_like(idxs) for _ in range(world)] if group.is_main else None
+        dist.gather(vals, got_v, dst=0)
+        dist.gather(idxs, got_i, dst=0)
+        if group.is_main and merge_error is None:
+            try:  # a failure here must not stop rank 0 taking part in the next gathers
+                parts = [r for r in range(world) if widths[r]]
+                v, i = merge_topk([got_v[r][:, : widths[r]].cpu() for r in parts],
+                                  [got_i[r][:, : widths[r]].cpu() for r in parts], k)
+                out_sims[s:e] = v.numpy()
+                out_idx[s:e] = i.numpy()
+            except Exception as err:
+                merge_error = err
+    if not group.is_main:
+        return None
+    if merge_error is not None:
+        raise merge_error
+    if stats is not None:
+        done = [st for st in all_stats if st]
+        stats.update(
+            precision="/".join(sorted({st["precision"] for st in done})),
+            candidates_per_row=sum(st["candidates_per_row"] for st in done),
+            fp32_redone_rows=sum(st["fp32_redone_rows"] for st in done),
+            shards=[list(b) for b in bounds],
+        )
+    return out_sims, out_idx
+
+
 def run_on_ranks(runner: Any, only_encoders: Any = None, only_tasks: Any = None) -> Any:
     """``Runner.run`` under torchrun (called by it on every rank): the ranks extract the missing
-    features together (:func:`prefetch`), then rank 0 alone runs the cells, writing every result
-    and printing; every rank returns rank 0's :class:`~clbench.runner.RunSummary`."""
+    features together (:func:`prefetch`), then rank 0 runs the cells, writing every result and
+    printing, and the other ranks join it in each collective cell it computes (a task class with
+    ``collective = True``); every rank returns rank 0's :class:`~clbench.runner.RunSummary`."""
     from .runner import plan
 
     group: Distributed = runner.dist
     records = prefetch(runner, plan(runner.suite, only_encoders, only_tasks))
-    summary = None
-    if group.is_main:
-        for r in records:
-            if r.get("error"):
-                runner._print(f"[yellow]warning:[/yellow] sharded extraction of {r['encoder']} · "
-                              f"{r['dataset']}/{r['split']} failed ({r['error']}); its cells retry it on rank 0")
-        runner.dist = None  # the cells run here alone, as in a single-process run
-        try:
-            summary = runner.run(only_encoders, only_tasks)
-        finally:
-            runner.dist = group
-    return group.broadcast(summary)
+    if not group.is_main:
+        while True:  # rank 0's commands: a collective cell to join, or the end of the run
+            message = group.broadcast(None)
+            if message[0] == "done":
+                if message[2]:
+                    raise ClbenchError(f"rank 0 stopped: {message[2]}")
+                return message[1]
+            _, enc_name, task_name, keys = message
+            _follow_cell(runner, group, enc_name, task_name, keys)
+    for r in records:
+        if r.get("error"):
+            runner._print(f"[yellow]warning:[/yellow] sharded extraction of {r['encoder']} · "
+                          f"{r['dataset']}/{r['split']} failed ({r['error']}); its cells retry it on rank 0")
+    runner.dist = None  # the cells run here, as in a single-process run; collective ones on all ranks
+    runner.collective = _Leader(runner, group)
+    try:
+        summary = runner.run(only_encoders, only_tasks)
+    except BaseException as err:
+        with contextlib.suppress(Exception):
+            group.broadcast(("done", None, f"{type(err).__name__}: {err}"))
+        raise
+    finally:
+        runner.dist = group
+        runner.collective = None
+    group.broadcast(("done", summary, None))
+    return summary

@@ -85,8 +85,10 @@ def cell_options(suite: Suite, enc_name: str, task: TaskSpec) -> tuple[dict[str,
     }
     protocol = getattr(task.cls, "protocol_version", "1")
     options_hash = stable_hash({"options": resolved, "seed": suite.seed, "protocol": protocol})
+    execution = set(getattr(task.cls, "execution_options", ()))
+    compared_task = {k: v for k, v in resolved["task"].items() if k not in execution}
     comparability = stable_hash(
-        {"task": resolved["task"], "dataset": resolved["dataset"], "seed": suite.seed, "protocol": protocol}
+        {"task": compared_task, "dataset": resolved["dataset"], "seed": suite.seed, "protocol": protocol}
     )
     return resolved, options_hash, comparability
 
@@ -140,6 +142,8 @@ class Runner:
             warn=(lambda msg: self._print(f"[yellow]warning:[/yellow] {msg}")) if console is not None else None,
         )
         self._encoders: dict[str, Any] = {}
+        #: under torchrun, on rank 0 while it runs the cells: starts collective cells on all ranks
+        self.collective: Any = None
         self._started = time.time()  # results written after this by another run count as fresh
         self._datasets: dict[str, Any] = {}
 
@@ -360,11 +364,14 @@ class Runner:
                 x, y, _ = self.store.get(encoder, dataset, split)
                 return x, y
 
+            task_obj = task.cls(task.options, name=task.name)
+            cell_dist = None
+            if self.collective is not None and getattr(task.cls, "collective", False):
+                cell_dist = self.collective.open(enc_name, task)  # the other ranks join this cell
             ctx = TaskContext(
                 features=features, dataset=dataset, encoder=encoder, device=self.device, seed=suite.seed,
-                cache_dir=self.cache.root, console=self.console,
+                cache_dir=self.cache.root, console=self.console, dist=cell_dist,
             )
-            task_obj = task.cls(task.options, name=task.name)
             out = task_obj.run(ctx)
             metrics = {k: _number(v) for k, v in out.metrics.items()}
             main_value = metrics.get(out.main_metric)

@@ -106,6 +106,72 @@ def test_sharded_topk_over_a_bank_in_pieces():
     np.testing.assert_allclose(v16.numpy(), ref_v.numpy(), atol=2e-2)
 
 
+def _tied_bank(n: int = 103, d: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A bank with exact duplicates on both sides of every shard boundary (ties in similarity)
+    and integer-valued rows (many equal dot products), and queries equal to bank rows."""
+    rng = np.random.default_rng(seed)
+    bank = rng.integers(-2, 3, size=(n, d)).astype(np.float32)
+    for src, dst in [(3, 50), (3, 51), (3, 102), (10, 34), (10, 35), (60, 68), (60, 69), (0, 67)]:
+        bank[dst] = bank[src]
+    bank[bank.sum(axis=1) == 0, 0] = 1.0  # no zero rows
+    queries = np.concatenate([bank[[3, 10, 60, 0]], rng.integers(-2, 3, size=(9, d)).astype(np.float32)])
+    return bank, queries
+
+
+@pytest.mark.parametrize("shards", [2, 3, 4, 7])
+@pytest.mark.parametrize("precision", ["fp32", "bf16-prefilter"])
+def test_shard_neighbours_with_offsets_merge_to_the_unsharded_neighbours(shards, precision):
+    from clbench.metrics.knn import knn_neighbours
+
+    bank, queries = _tied_bank()
+    k = 20  # above the rows of the smaller shards (7 shards of 103 rows: 15 or 14 each)
+    ref_s, ref_i = knn_neighbours(bank, queries, k, precision="fp32")
+    # the test is only worth something if exact ties straddle shard boundaries among the top k
+    bounds = [shard_bounds(len(bank), shards, r) for r in range(shards)]
+    owner = np.searchsorted([b for _, b in bounds], ref_i, side="right")
+    tie = (ref_s[:, 1:] == ref_s[:, :-1]) & (owner[:, 1:] != owner[:, :-1])
+    assert tie.any()
+    assert min(b - a for a, b in bounds) < k or shards < 7
+    vals, idxs = [], []
+    for a, b in bounds:
+        s, i = knn_neighbours(bank[a:b], queries, min(k, b - a), precision=precision, chunk_size=5, offset=a)
+        assert ((i >= a) & (i < b)).all()  # global indices of this shard
+        vals.append(s)
+        idxs.append(i)
+    got_s, got_i = merge_topk(vals, idxs, k)
+    np.testing.assert_array_equal(got_i, ref_i)  # same neighbours, ties to the lower global index
+    np.testing.assert_array_equal(got_s.view(np.int32), ref_s.view(np.int32))  # bit for bit
+    # against an independent float64 cosine: the true top k (up to float32 rounding), in the rule's order
+    b64, q64 = bank.astype(np.float64), queries.astype(np.float64)
+    cos = (q64 / np.linalg.norm(q64, axis=1, keepdims=True)) @ (b64 / np.linalg.norm(b64, axis=1, keepdims=True)).T
+    for row in range(len(queries)):
+        np.testing.assert_allclose(got_s[row], cos[row, got_i[row]], atol=1e-6)
+        rest = np.setdiff1d(np.arange(len(bank)), got_i[row])
+        assert cos[row, rest].max() <= cos[row, got_i[row]].min() + 1e-6
+        assert (np.diff(got_s[row]) <= 0).all()
+        assert (np.diff(got_i[row])[got_s[row, 1:] == got_s[row, :-1]] > 0).all()  # ties: lower index first
+
+
+def test_votes_from_given_neighbours_equal_knn_predict():
+    from clbench.metrics.knn import knn_neighbours, knn_predict, knn_predict_from_neighbours
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 7, size=500)
+    x = (rng.normal(size=(500, 12)) + 2 * np.eye(7, 12)[y]).astype(np.float32)
+    for chunk in (None, 9):
+        ref = knn_predict(x[:400], y[:400], x[400:], ks=[1, 5, 50], temperature=0.05, num_classes=7, chunk_size=chunk)
+        s, i = knn_neighbours(x[:400], x[400:], 50, chunk_size=chunk)
+        got = knn_predict_from_neighbours(s, i, y[:400], ks=[1, 5, 50], temperature=0.05, num_classes=7,
+                                          chunk_size=chunk)
+        assert sorted(got) == [1, 5, 50]
+        for k in got:
+            np.testing.assert_array_equal(got[k], ref[k])
+    with pytest.raises(ValueError, match="neighbours given"):
+        knn_predict_from_neighbours(s[:, :4], i[:, :4], y[:400], ks=[5])
+    with pytest.raises(ValueError, match="must lie in"):
+        knn_predict_from_neighbours(s, i + 400, y[:400], ks=[5])
+
+
 # ------------------------------------------------------------------------------ gloo, 2 processes
 def _free_port() -> int:
     with socket.socket() as s:
@@ -203,6 +269,146 @@ def test_ranks_share_extraction_and_rank0_alone_writes(tmp_path):
     assert not [p for p in (multi / "out").rglob(".*")]  # no temporary or lock files left
 
 
+def _sharded_knn_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from clbench.distributed import CellGroup, knn_neighbours_on_ranks, start
+
+    group, _ = start("cpu")
+    cell = CellGroup(group)
+    bank, queries = _tied_bank()
+    results = {}
+    for k in (1, 20, 35, 103):  # 35 > the smaller shards (3 ranks: 35, 34, 34 rows), 103: the whole bank
+        stats: dict = {}
+        got = knn_neighbours_on_ranks(cell, bank, queries, k, chunk_size=4, precision="bf16-prefilter", stats=stats)
+        results[k] = None if got is None else (got[0].tolist(), got[1].tolist(), stats["shards"])
+    try:  # a failure on one rank is raised on every rank, none left waiting
+        knn_neighbours_on_ranks(cell, bank if rank else bank[:, :3], queries, 5)
+        results["error"] = None
+    except Exception as err:
+        results["error"] = type(err).__name__
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(results, f)
+    group.close()
+
+
+def test_knn_neighbours_on_three_ranks_are_the_single_process_neighbours(tmp_path):
+    import torch.multiprocessing as mp
+
+    from clbench.metrics.knn import knn_neighbours
+
+    mp.spawn(_sharded_knn_worker, args=(3, _free_port(), str(tmp_path)), nprocs=3, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(3)]
+    bank, queries = _tied_bank()
+    for k in (1, 20, 35, 103):
+        ref_s, ref_i = knn_neighbours(bank, queries, k, precision="fp32")
+        sims, idx, shards = ranks[0][str(k)]
+        assert shards == [[0, 35], [35, 69], [69, 103]]
+        np.testing.assert_array_equal(np.array(idx), ref_i)
+        np.testing.assert_array_equal(np.array(sims, dtype=np.float32).view(np.int32), ref_s.view(np.int32))
+        assert ranks[1][str(k)] is None and ranks[2][str(k)] is None  # only rank 0 holds the merged lists
+    # rank 0's features are 3 wide, the others' 6: each rank raises (rank 0 its own ValueError)
+    assert ranks[0]["error"] == "ValueError" and ranks[1]["error"] == ranks[2]["error"] == "CellAbandoned"
+
+
+DIGITS_SUITE = """
+suite: digits
+device: cpu
+output: out
+cache: cache
+encoders:
+  pixels: {type: identity, batch_size: 64, num_workers: 0}
+  mock: {type: mock, dim: 8, batch_size: 50, num_workers: 0}
+datasets:
+  digits: {type: sklearn-digits, test_fraction: 0.3}
+tasks:
+  - {name: knn, type: knn, dataset: digits, k: [1, 10, 20, 200]}
+  - {name: knn-fp32, type: knn, dataset: digits, k: [7], precision: fp32, chunk_size: 13, encoders: [pixels]}
+  - {name: linear, type: linear_probe, dataset: digits, c_min: 0.1, c_max: 10, steps_per_decade: 1, max_iter: 50,
+     encoders: [pixels]}
+  - {name: knn-too-big, type: knn, dataset: digits, k: [5000], encoders: [pixels]}
+"""
+
+
+def _digits_worker(rank: int, world: int, port: int, folder: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    from clbench import distributed
+    from clbench.runner import Runner
+    from clbench.suite import load_suite
+
+    shards = []  # the shard of the bank this rank searched, per collective cell
+    original = distributed.knn_neighbours_on_ranks
+
+    def spy(cell, train_x, test_x, k, **kw):
+        shards.append([int(train_x.shape[0]), cell.rank, k])
+        return original(cell, train_x, test_x, k, **kw)
+
+    distributed.knn_neighbours_on_ranks = spy
+    runner = Runner(load_suite(Path(folder) / "suite.yaml"), console=None)
+    summary = runner.run()
+    with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
+        json.dump({"cells": [[c.encoder, c.task, c.status] for c in summary.cells], "searched": shards}, f)
+    # the merged neighbours of the pixel features, from the cache the run filled
+    enc, ds = runner.encoder("pixels"), runner.dataset("digits")
+    (x_train, y_train, _), (x_test, _, _) = (runner.store.get(enc, ds, split) for split in ("train", "test"))
+    got = original(distributed.CellGroup(runner.dist), x_train, x_test, 200)
+    if got is not None:
+        np.savez(os.path.join(folder, "neighbours.npz"), sims=got[0], idx=got[1], x_train=x_train,
+                 y_train=y_train, x_test=x_test)
+    runner.dist.close()
+
+
+def test_two_ranks_run_knn_cells_together_with_single_process_results(tmp_path):
+    """knn cells: every rank searches its shard of the bank, rank 0 merges, votes and writes;
+    neighbours, per-sample outcomes and metrics identical to one process; linear_probe on rank 0."""
+    import torch.multiprocessing as mp
+
+    from clbench.api import run_suite
+    from clbench.metrics.knn import knn_neighbours, knn_predict, knn_predict_from_neighbours
+
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    for d in (single, multi):
+        d.mkdir()
+        (d / "suite.yaml").write_text(textwrap.dedent(DIGITS_SUITE))
+    run_suite(single / "suite.yaml")
+    mp.spawn(_digits_worker, args=(2, _free_port(), str(multi)), nprocs=2, join=True)
+    ranks = [json.loads((multi / f"rank{r}.json").read_text()) for r in range(2)]
+    expected = [["pixels", t, "ok"] for t in ("knn", "knn-fp32", "linear")] + [["pixels", "knn-too-big", "failed"],
+                                                                               ["mock", "knn", "ok"]]
+    assert ranks[0]["cells"] == ranks[1]["cells"] == expected
+    # both ranks entered the three knn searches; the failing cell failed on both before searching
+    assert [r for _, r, _ in ranks[0]["searched"]] == [0, 0, 0] and [r for _, r, _ in ranks[1]["searched"]] == [1] * 3
+    assert [k for *_, k in ranks[1]["searched"]] == [200, 7, 200]
+    for enc, task in [("pixels", "knn"), ("pixels", "knn-fp32"), ("pixels", "linear"), ("mock", "knn")]:
+        ra, rb = (json.loads((d / "out" / "digits" / enc / f"{task}.json").read_text()) for d in (single, multi))
+        assert rb["status"] == "ok" and ra["metrics"] == rb["metrics"], (enc, task)
+        if task.startswith("knn"):
+            n, half = rb["details"]["n_train"], -(-rb["details"]["n_train"] // 2)
+            assert rb["details"]["distributed"] == {"world_size": 2, "shards": [[0, half], [half, n]]}
+            assert "distributed" not in ra["details"]
+            sa, sb = (np.load(d / "out" / "digits" / enc / f"{task}.samples.npz") for d in (single, multi))
+            assert sorted(sa.files) == sorted(sb.files)
+            for name in sa.files:  # the same test samples right and wrong, k by k
+                np.testing.assert_array_equal(sa[name], sb[name])
+    failed = json.loads((multi / "out" / "digits" / "pixels" / "knn-too-big.json").read_text())
+    assert failed["error"]["type"] == "DataError" and "k=5000" in failed["reason"]
+    assert not [p for p in (multi / "out").rglob(".*")]  # no temporary or lock files left
+
+    # the neighbours themselves, on the cached pixel features: 2 ranks merged against one process
+    got = np.load(multi / "neighbours.npz")
+    ref_s, ref_i = knn_neighbours(got["x_train"], got["x_test"], 200)
+    np.testing.assert_array_equal(got["idx"], ref_i)
+    np.testing.assert_array_equal(got["sims"].view(np.int32), ref_s.view(np.int32))
+    assert (got["sims"][:, 1:] == got["sims"][:, :-1]).any()  # integer pixels: exact ties among them
+    ref = knn_predict(got["x_train"], got["y_train"], got["x_test"], ks=[1, 10, 20, 200], num_classes=10)
+    pred = knn_predict_from_neighbours(got["sims"], got["idx"], got["y_train"], ks=[1, 10, 20, 200], num_classes=10)
+    for k in ref:
+        np.testing.assert_array_equal(pred[k], ref[k])
+
+
 # ------------------------------------------------------------------------------ torchrun end to end
 SUITE = """
 suite: dist
@@ -264,6 +470,8 @@ def test_torchrun_two_ranks_match_a_single_process_run(tmp_path):
         ra, rb = (json.loads((d / "out" / p).read_text()) for d in (single, multi))
         assert rb["status"] == "ok" and ra["metrics"] == rb["metrics"], p
         assert rb["host"]["node"] == ra["host"]["node"]
+        if p.name == "knn.json":  # searched by both ranks, each its half of the bank
+            assert rb["details"]["distributed"]["world_size"] == 2
     # a second torchrun run finds everything done: no extraction, nothing rewritten
     before = {p: (multi / "out" / p).stat().st_mtime_ns for p in files}
     proc = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",

@@ -418,3 +418,29 @@ def test_html_without_plots_and_empty_folder(results_dir, tmp_path):
         and "no results found in" in res.output
         and res.output.startswith("<!DOCTYPE html>")
     )
+
+
+@needs_browser
+def test_published_column_renders_and_sorts(browser, tmp_path):
+    """``report --published``: the (published) column sits after its task column, cells stay aligned."""
+    folder = tmp_path / "results"
+    for enc, method, top1 in (("moco", "mocov2-800ep", 0.689), ("mocov1", "mocov1-200ep", 0.61)):
+        r = synthetic(enc, "linear", top1, task_type="linear_probe", main_metric="top1", metrics={"top1": top1},
+                      dataset="imagenet", comparability_hash="lin-h",
+                      options={"encoder": {"type": "zoo", "method": method}, "task": {"type": "linear_probe"}})
+        write_result(cell_path(folder, r["suite"], r["encoder"], r["task"]), r)
+    out = tmp_path / "report.html"
+    res = cli.invoke(app, ["report", str(folder), "-f", "html", "--published", "--no-plots", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    page = browser.open(out.resolve().as_uri())
+    assert page.errors() == []
+    table = dom_table(page)
+    assert table["headers"] == ["encoder", "linear (top1)", "linear (published)"]
+    rows = {row[0]["text"]: [c["text"] for c in row[1:]] for row in table["rows"]}
+    assert rows["moco"] == ["0.6890", "0.7110 (\u22120.0220)*"]  # 71.1 published; beyond 1.5 points
+    assert rows["mocov1"] == ["0.6100", "0.6060 (+0.0040)"]  # 60.6 published; within tolerance
+    page.eval("document.querySelectorAll('#results thead th')[2].click()")  # highest published first
+    assert [row[0]["text"] for row in dom_table(page)["rows"]] == ["moco", "mocov1"]
+    page.eval("document.querySelectorAll('#results thead th')[2].click()")
+    assert [row[0]["text"] for row in dom_table(page)["rows"]] == ["mocov1", "moco"]
+    assert page.errors() == []

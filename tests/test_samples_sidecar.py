@@ -314,5 +314,5 @@ def test_task_without_samples_has_null_ci_with_reason(tmp_path):
     run_suite(tmp_path / "suite.yaml")
     r = read_result(tmp_path / "results/s/pixels/diag.json")
     assert r["status"] == "ok", r.get("reason")
-    assert r["ci"] is None and r["ci_reason"] == "the task records no per-sample outcomes"
+    assert r["ci"] is None and "rankme" in r["ci_reason"].lower()
     assert not (tmp_path / "results/s/pixels/diag.samples.npz").exists()

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clbench.results.store import SCHEMA_VERSION, write_result
-from clbench.zoo.published import annotate, benchmark_of, match, published_section, rows
+from clbench.zoo.published import annotate, benchmark_of, match, rows
 
 
 def result(encoder, task, task_type, metrics, *, method=None, dataset="imagenet", task_options=None,
@@ -130,40 +130,159 @@ def results_dir(tmp_path):
     return root
 
 
-def test_report_published_markdown_marks_differences_beyond_tolerance(results_dir):
+def _lines(text):
+    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ")}
+
+
+def test_report_published_markdown_column_with_differences_and_marks(results_dir):
     from clbench.cli import app
 
     out = CliRunner().invoke(app, ["report", str(results_dir), "--published"])
     assert out.exit_code == 0, out.output
-    text = out.output
-    assert "| encoder | task | metric | ours | published | diff | tol |" in text
-    lines = {line.split("|")[1].strip() + "/" + line.split("|")[2].strip(): line
-             for line in text.splitlines() if line.startswith(("| dino", "| moco"))}
-    assert "74.62" in lines["dino/knn"] and "74.50" in lines["dino/knn"] and "+0.12" in lines["dino/knn"]
-    assert "beyond tolerance" not in lines["dino/knn"]
-    assert "-2.20" in lines["moco/linear"] and "beyond tolerance" in lines["moco/linear"]
-    assert "moco/knn" not in lines  # MoCo publishes no k-NN number
-    assert "plain" not in "".join(lines)
+    rows = _lines(out.output)
+    # a (published) column right after each task column with a published number
+    assert rows["encoder"] == ["knn (top1@k20)", "knn (published)", "linear (top1)", "linear (published)"]
+    # DINO ViT-S/16 k-NN: 74.5 published, ours 0.7462: +0.0012, within the 0.5-point tolerance
+    assert rows["dino"] == ["**0.7462**", "0.7450 (+0.0012)", "–", "–"]
+    # MoCo v2 800ep linear: 71.1 published, ours 0.689: -0.0220, beyond 1.5 points: marked
+    assert rows["moco"][2:] == ["**0.6890**", "0.7110 (\u22120.0220)\\*"]
+    assert rows["moco"][1] == "–"  # MoCo publishes no k-NN number
+    assert rows["plain"] == ["–", "–", "0.5000", "–"]  # not a zoo encoder
+    assert "(published) columns: the number the authors published" in out.output
+    assert "* = the difference exceeds the tolerance (linear ±0.015)" in out.output
     # without the flag, the report is unchanged
     plain = CliRunner().invoke(app, ["report", str(results_dir)])
     assert "published" not in plain.output.lower()
+    assert _lines(plain.output)["encoder"] == ["knn (top1@k20)", "linear (top1)"]
 
 
-def test_report_published_csv_and_json(results_dir):
+def test_report_published_no_mark_when_everything_is_within_tolerance(tmp_path):
     from clbench.results.formats import report
 
-    text = published_section(results_dir, "csv", report(results_dir, "csv"))
-    block = text.split("\n\n")[-1]
-    table = list(csv.DictReader(io.StringIO(block)))
-    assert {(r["encoder"], r["task"], r["published"], r["within_tolerance"]) for r in table} == {
-        ("dino", "knn", "74.5", "True"), ("moco", "linear", "71.1", "False")}
-    data = json.loads(published_section(results_dir, "json", report(results_dir, "json")))
-    assert {(r["encoder"], r["value"]) for r in data["published"]} == {("dino", 74.5), ("moco", 71.1)}
+    root = tmp_path / "r"
+    r = result("moco", "linear", "linear_probe", {"top1": 0.705}, method="mocov2-800ep")
+    write_result(root / "pub" / "moco" / "linear.json", r)
+    text = report(root, "markdown", published=True)
+    assert _lines(text)["moco"] == ["0.7050", "0.7110 (\u22120.0060)"]
+    assert "(published) columns" in text and "exceeds the tolerance" not in text
+    # nothing matches: no column, a note says so
+    other = tmp_path / "o"
+    write_result(other / "pub" / "x" / "linear.json", result("x", "linear", "linear_probe", {"top1": 0.5}, enc_type="timm"))
+    text = report(other, "markdown", published=True)
+    assert _lines(text)["encoder"] == ["linear (top1)"]
+    assert "no zoo result matches a published protocol" in text
 
 
-def test_published_module_never_imports_torch(results_dir):
+def test_report_published_csv_columns(results_dir):
+    from clbench.results.formats import report
+
+    text = report(results_dir, "csv", published=True)
+    table = {r["encoder"]: r for r in csv.DictReader(io.StringIO(text)) if r["encoder"]}
+    header = text.splitlines()[0].split(",")
+    assert header[:8] == ["suite", "encoder", "knn (top1@k20)", "knn (published)", "knn (published) diff",
+                          "knn (published) within_tolerance", "linear (top1)", "linear (published)"]
+    assert float(table["dino"]["knn (published)"]) == pytest.approx(0.745)
+    assert table["dino"]["knn (published) diff"] == "0.0012"  # full precision, without float noise
+    assert table["dino"]["knn (published) within_tolerance"] == "True"
+    assert float(table["moco"]["linear (published)"]) == pytest.approx(0.711)
+    assert float(table["moco"]["linear (published) diff"]) == pytest.approx(-0.022)
+    assert table["moco"]["linear (published) within_tolerance"] == "False"
+    assert table["moco"]["knn (published)"] == "" and table["plain"]["linear (published)"] == ""
+    assert "exceeds the tolerance" in text  # the legend, as a table-level note line
+    assert "published" not in report(results_dir, "csv")
+
+
+def test_report_published_latex(results_dir):
+    from clbench.results.formats import report
+
+    text = report(results_dir, "latex", published=True)
+    assert r"\begin{tabular}{lrrrr}" in text
+    assert "encoder & knn (top1@k20) & knn (published) & linear (top1) & linear (published)" in text
+    moco = next(line for line in text.splitlines() if line.startswith("moco &"))
+    assert moco.endswith(r"0.7110 ($-$0.0220)$^{*}$ \\")
+    dino = next(line for line in text.splitlines() if line.startswith("dino &"))
+    assert "0.7450 (+0.0012) &" in dino and "$^{*}$" not in dino
+    assert r"$^{*}$ in a (published) column" in text
+    assert "published" not in report(results_dir, "latex")
+
+
+def test_report_published_json(results_dir):
+    from clbench.results.formats import report
+
+    data = json.loads(report(results_dir, "json", published=True))
+    labels = [c["label"] for c in data["columns"]]
+    assert labels == ["knn (top1@k20)", "knn (published)", "linear (top1)", "linear (published)"]
+    assert data["columns"][3]["published_for"] == "linear (top1)"
+    rows = {r["encoder"]: r["cells"] for r in data["rows"]}
+    moco = rows["moco"][3]
+    assert moco["status"] == "ok" and moco["published"] == pytest.approx(0.711) and moco["ours"] == 0.689
+    assert moco["diff"] == pytest.approx(-0.022) and moco["within_tolerance"] is False
+    assert moco["tolerance"] == pytest.approx(0.015) and moco["metric"] == "top1" and moco["protocol"] == "linear"
+    assert rows["dino"][1]["within_tolerance"] is True and rows["plain"][3]["status"] == "missing"
+    assert any("exceeds the tolerance" in n for n in data["notes"])
+    plain = json.loads(report(results_dir, "json"))
+    assert [c["label"] for c in plain["columns"]] == ["knn (top1@k20)", "linear (top1)"]
+    assert "published" not in json.dumps(plain)
+
+
+def test_report_published_html(results_dir):
+    from html.parser import HTMLParser
+
+    from clbench.results.formats import report
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.headers, self.rows, self._in, self._text = [], [], None, ""
+
+        def handle_starttag(self, tag, attrs):
+            if tag in ("th", "td"):
+                self._in, self._text, self._attrs = tag, "", dict(attrs)
+            elif tag == "tr":
+                self.rows.append([])
+
+        def handle_endtag(self, tag):
+            if tag in ("th", "td") and self._in:
+                self.rows[-1].append((self._text.strip(), self._attrs))
+                self._in = None
+
+        def handle_data(self, data):
+            if self._in:
+                self._text += data
+
+    page = report(results_dir, "html", published=True, plots=False)
+    parser = Cells()
+    parser.feed(page[page.index('<table id="results">'):page.index("</table>")])
+    header = [t for t, _ in parser.rows[0]]
+    assert header == ["encoder", "knn (top1@k20)", "knn (published)", "linear (top1)", "linear (published)"]
+    body = {r[0][0]: r[1:] for r in parser.rows[1:]}
+    text, attrs = body["moco"][3]
+    assert text == "0.7110 (\u22120.0220)*" and "beyond" in attrs["class"] and float(attrs["data-value"]) == 0.711
+    text, attrs = body["dino"][1]
+    assert text == "0.7450 (+0.0012)" and "beyond" not in attrs["class"]
+    assert body["plain"][3][1]["class"] == "published missing"
+    assert "exceeds the tolerance" in page
+    assert "(published)" not in report(results_dir, "html", plots=False)
+
+
+def test_report_published_sts_average_is_a_note(tmp_path):
+    from clbench.results.formats import report
+
+    seven = {"sts12": 0.75, "sts13": 0.85, "sts14": 0.80, "sts15": 0.85, "sts16": 0.80, "stsb": 0.82, "sickr": 0.80}
+    root = tmp_path / "sts"
+    for r in _sts_results("simcse-sup-bert-base", seven, encoder="sup"):
+        write_result(root / "pub" / "sup" / f"{r['task']}.json", r)
+    text = report(root, "markdown", published=True)
+    mean = sum(seven.values()) / 7
+    assert f"sup: STS average (7) (cosine_spearman) {mean:.4f}, published 0.8157" in text
+    assert "(published) |" not in text  # SimCSE publishes no per-benchmark number: no column
+
+
+def test_report_published_never_imports_torch(results_dir):
     import subprocess
 
-    code = (f"import sys; from clbench.zoo.published import published_section; "
-            f"published_section({str(results_dir)!r}, 'markdown', ''); assert 'torch' not in sys.modules")
+    code = (f"import sys; from clbench.results.formats import report; "
+            f"[report({str(results_dir)!r}, f, published=True, plots=False) for f in "
+            f"('markdown', 'csv', 'latex', 'json', 'html')]; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,7 +8,8 @@ applies one.
 
 Keys that are neither under the backbone prefix nor a known head are passed through unchanged,
 so that :func:`clbench.checkpoints.coverage.load_backbone` reports them as unexpected instead of
-silently ignoring a wrong layout.
+silently ignoring a wrong layout. A layout whose names differ from the model's (``simclrv2``:
+Separius's SimCLR v2 conversion) renames every key and refuses a file with a key it cannot name.
 
 >>> sd, info = extract_backbone(torch.load("moco_v2_800ep_pretrain.pth.tar"))  # doctest: +SKIP
 >>> info["format"], info["prefix"]                                              # doctest: +SKIP
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import CheckpointError
@@ -38,12 +40,77 @@ class Layout:
     drop: tuple[str, ...] = ()
     #: backbone-only files of the method carry no prefix
     prefix_optional: bool = False
+    #: renames a backbone key (prefix removed, heads dropped) to the model's name; None: no
+    #: name of that layout. A layout with ``rename`` refuses a file with any key it cannot name.
+    rename: Callable[[str], str | None] | None = None
+    #: other top-level entries of the checkpoint that hold heads (reported as dropped)
+    head_containers: tuple[str, ...] = ()
+
+
+# -- SimCLR v2 as converted by Separius/SimCLRv2-Pytorch ------------------------------------------
+# ``r50_1x_sk0.pth`` = {"resnet": ResNet.state_dict(), "head": ContrastiveHead.state_dict()}. The
+# ResNet is ``net`` = Sequential(stem, 4 stages) plus ``fc`` (the supervised linear head). Every
+# BatchNorm sits in a Sequential(BatchNorm2d, ReLU | Identity), hence the ``.0`` after it:
+#   stem (sk0):  net.0.0 = 7x7/2 conv,  net.0.1.0 = BN  (net.0.2 is the max pool)
+#   block:       net.{1-4}.blocks.{i}.net.{0,2,4} = 1x1, 3x3 (stride), 1x1 convs,
+#                net.{1-4}.blocks.{i}.net.{1,3,5}.0 = their BNs,
+#                net.{1-4}.blocks.{i}.projection.shortcut = 1x1 shortcut conv (first block),
+#                net.{1-4}.blocks.{i}.projection.bn.0 = its BN
+# The stride is on the 3x3 conv, the padding symmetric and the BN eps 1e-5, as in torchvision's
+# ResNet-50, and the features are the global average of the last stage: torchvision/timm names.
+# Width w multiplies every width, the stem's included (64w stem, 64w..512w bottlenecks).
+# Selective-kernel checkpoints (sk1) have a 3-conv stem, ``net.2.main_conv`` / ``mixing_conv``
+# and an average-pool shortcut (``projection.shortcut.2``): no timm/torchvision model has them.
+_SIMCLRV2_STEM = {"net.0.0": "conv1", "net.0.1.0": "bn1"}
+_SIMCLRV2_BLOCK = {
+    "net.0": "conv1",
+    "net.1.0": "bn1",
+    "net.2": "conv2",
+    "net.3.0": "bn2",
+    "net.4": "conv3",
+    "net.5.0": "bn3",
+    "projection.shortcut": "downsample.0",
+    "projection.bn.0": "downsample.1",
+}
+_SIMCLRV2_KEY = re.compile(r"net\.([1-4])\.blocks\.(\d+)\.(.+)\.([a-z_]+)")
+_SIMCLRV2_SK = ("main_conv", "mixing_conv", "projection.shortcut.2", "net.0.2.", "net.0.4.")
+
+
+def simclrv2_name(key: str) -> str | None:
+    """The torchvision/timm ResNet name of a Separius SimCLR v2 key (sk0); None when it has none.
+
+    >>> simclrv2_name("net.2.blocks.0.projection.bn.0.running_var")
+    'layer2.0.downsample.1.running_var'
+    """
+    module, _, param = key.rpartition(".")
+    if module in _SIMCLRV2_STEM:
+        return f"{_SIMCLRV2_STEM[module]}.{param}"
+    m = _SIMCLRV2_KEY.fullmatch(key)
+    if m is None or m.group(3) not in _SIMCLRV2_BLOCK:
+        return None
+    stage, block, inner, param = m.groups()
+    return f"layer{stage}.{int(block)}.{_SIMCLRV2_BLOCK[inner]}.{param}"
+
+
+def _unnamed_error(layout: Layout, unnamed: list[str]) -> CheckpointError:
+    if layout.name == "simclrv2" and any(s in k for k in unnamed for s in _SIMCLRV2_SK):
+        return CheckpointError(
+            "this is a SimCLR v2 selective-kernel (sk1) checkpoint (keys such as "
+            f"{_sample([k for k in unnamed if any(s in k for s in _SIMCLRV2_SK)], 3)}): its SK "
+            "convolutions, 3-conv stem and average-pool shortcuts have no timm or torchvision "
+            "model, so clbench cannot load it; use an sk0 checkpoint"
+        )
+    return CheckpointError(
+        f"checkpoint does not fit the {layout.name!r} layout: {len(unnamed)} keys have no name in "
+        f"it ({_sample(unnamed)}). Check `format`"
+    )
 
 
 LAYOUTS: dict[str, Layout] = {
     layout.name: layout
     for layout in (
         Layout("plain", ("state_dict", "model", None)),
+        Layout("simclrv2", ("resnet",), "", ("fc.*",), rename=simclrv2_name, head_containers=("head",)),
         Layout("moco", ("state_dict",), "encoder_q.", ("fc.*", "encoder_k.*", "queue", "queue_ptr")),
         Layout(
             "mocov3",
@@ -168,6 +235,9 @@ def _matches(obj: Mapping, checkpoint_key: str | None) -> list[str]:
         found.append("barlowtwins")  # Barlow Twins checkpoint.pth: {epoch, model, optimizer}
     if state and _has(state, "img_encoder_q.model."):
         found.append("mgca")  # MGCA Lightning .ckpt
+    resnet = _container_keys(obj, "resnet")
+    if resnet and _has(resnet, "net.0.") and any(".blocks." in k for k in resnet):
+        found.append("simclrv2")  # Separius/SimCLRv2-Pytorch: {resnet, head}
     return found
 
 
@@ -259,14 +329,27 @@ def extract_backbone(
 
     out: dict[str, Any] = {}
     dropped: list[str] = []
+    unnamed: list[str] = []
     for raw, key in zip(raw_keys, keys):
         inner = key[len(prefix) :] if prefix and key.startswith(prefix) else key
         if any(fnmatch.fnmatchcase(k, p) for p in layout.drop for k in (key, inner)):
             dropped.append(raw)
-        elif inner in out:
+            continue
+        if layout.rename is not None:
+            renamed = layout.rename(inner)
+            if renamed is None:
+                unnamed.append(raw)
+                continue
+            inner = renamed
+        if inner in out:
             raise CheckpointError(f"checkpoint has two tensors for {inner!r} once {prefix!r} is removed")
         else:
             out[inner] = sd[raw]
+    if unnamed:
+        raise _unnamed_error(layout, unnamed)
+    for name in layout.head_containers:
+        if name != container and isinstance(obj.get(name), Mapping):
+            dropped.extend(f"{name}.{k}" for k in obj[name])
     info = {
         "format": fmt,
         "detected": detected,

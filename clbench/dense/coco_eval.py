@@ -86,13 +86,15 @@ def coco_evaluate(
     *,
     iou_type: str = "bbox",
     details: dict[str, Any] | None = None,
+    outcomes: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """COCOeval's 12 summary statistics (named as :data:`STAT_NAMES`) of ``detections``.
 
     ``ground_truth`` is a COCO instances dict (images, annotations, categories); no detections
     at all scores 0 (COCOeval itself cannot load an empty result list). When ``details`` is
     given, it receives ``per_category_AP`` (category name -> AP@[.5:.95], NaN without ground
-    truth).
+    truth). When ``outcomes`` is given, it receives the per-image outcomes the bootstrap
+    re-accumulates AP from (:func:`image_outcomes`).
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -114,6 +116,8 @@ def coco_evaluate(
             dt.createIndex()
         ev = COCOeval(gt, dt, iouType=iou_type)
         ev.evaluate()
+        if outcomes is not None:
+            outcomes.update(image_outcomes(ev))
         ev.accumulate()
         ev.summarize()
     stats = {name: (float("nan") if v < 0 else float(v)) for name, v in zip(STAT_NAMES, ev.stats)}
@@ -126,6 +130,54 @@ def coco_evaluate(
             per_cat[gt.cats[cat_id]["name"]] = float(p.mean()) if p.size else float("nan")
         details["per_category_AP"] = per_cat
     return stats
+
+
+def image_outcomes(ev: Any) -> dict[str, Any]:
+    """Per-image outcomes of an evaluated COCOeval (after ``evaluate()``), one row per image in
+    ``params.imgIds`` order, for :mod:`clbench.stats.dense`'s AP over resampled images.
+
+    ``gold`` int64 [n, K]: non-ignored ground-truth objects per image and category (area "all");
+    ``score`` float64, ``category`` int32 (index into ``params.catIds``, -1 pads a row),
+    ``match`` / ``ignore`` uint16 [n, W]: each image's detections as ``evaluate()`` kept them
+    (area "all", by category, in COCOeval's order), bit ``t`` set when matched to a ground-truth
+    object / ignored at IoU threshold ``t``; ``image_ids``, ``category_ids``.
+    """
+    p = ev.params
+    n, n_area, n_cat, n_iou = len(p.imgIds), len(p.areaRng), len(p.catIds), len(p.iouThrs)
+    if n_iou > 16:
+        raise ValueError(f"{n_iou} IoU thresholds do not fit a 16-bit mask")
+    a = list(p.areaRngLbl).index("all")
+    bits = (1 << np.arange(n_iou)).astype(np.int64)
+    gold = np.zeros((n, n_cat), dtype=np.int64)
+    rows: list[list[tuple[np.ndarray, int, np.ndarray, np.ndarray]]] = [[] for _ in range(n)]
+    for k in range(n_cat):
+        base = (k * n_area + a) * n
+        for i in range(n):
+            e = ev.evalImgs[base + i]
+            if e is None:
+                continue
+            gold[i, k] = int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
+            if len(e["dtScores"]):
+                # COCOeval counts a match where the matched ground-truth id is non-zero
+                m = (np.asarray(e["dtMatches"]) != 0).astype(np.int64).T @ bits
+                ig = (np.asarray(e["dtIgnore"]) != 0).astype(np.int64).T @ bits
+                rows[i].append((np.asarray(e["dtScores"], dtype=np.float64), k, m, ig))
+    width = max(1, max((sum(len(r[0]) for r in row) for row in rows), default=0))
+    score = np.zeros((n, width), dtype=np.float64)
+    category = np.full((n, width), -1, dtype=np.int32)
+    match = np.zeros((n, width), dtype=np.uint16)
+    ignore = np.zeros((n, width), dtype=np.uint16)
+    for i, row in enumerate(rows):
+        j = 0
+        for s, k, m, ig in row:
+            d = len(s)
+            score[i, j : j + d], category[i, j : j + d] = s, k
+            match[i, j : j + d], ignore[i, j : j + d] = m, ig
+            j += d
+    return {
+        "gold": gold, "score": score, "category": category, "match": match, "ignore": ignore,
+        "image_ids": list(p.imgIds), "category_ids": list(p.catIds),
+    }  # fmt: skip
 
 
 def _with_defaults(gt: dict[str, Any], iou_type: str) -> dict[str, Any]:
@@ -143,4 +195,4 @@ def _with_defaults(gt: dict[str, Any], iou_type: str) -> dict[str, Any]:
     return {**gt, "annotations": anns}
 
 
-__all__ = ["HEADLINE", "STAT_NAMES", "coco_evaluate", "predictions_to_coco"]
+__all__ = ["HEADLINE", "STAT_NAMES", "coco_evaluate", "image_outcomes", "predictions_to_coco"]

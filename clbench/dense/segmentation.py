@@ -323,8 +323,14 @@ def evaluate_model(
     amp: bool = True,
     num_workers: int = 0,
     progress: Any = None,
-) -> np.ndarray:
-    """The ``[C, C]`` confusion matrix of ``model`` over ``items``, each scored at its mask's size."""
+    per_image: bool = False,
+) -> Any:
+    """The ``[C, C]`` confusion matrix of ``model`` over ``items``, each scored at its mask's size.
+
+    With ``per_image``, ``(confusion, counts)``: ``counts`` int64 ``[n, 3, C]`` holds each image's
+    per-class intersection (TP), union (TP + FP + FN) and target pixels, whose sums over the
+    images give the confusion matrix's (the bootstrap of mIoU resamples them).
+    """
     from ..metrics.segmentation import confusion_matrix
 
     model.eval()
@@ -335,6 +341,7 @@ def evaluate_model(
         num_workers=num_workers,
     )
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    rows: list[Tensor] = []
     bar = progress.add_task("evaluation", total=len(items), loss=float("nan")) if progress else None
     for i, (x, y) in enumerate(loader):
         with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
@@ -342,13 +349,20 @@ def evaluate_model(
         y = y.to(device)
         logits = F.interpolate(logits.float(), size=tuple(y.shape), mode="bilinear", align_corners=False)
         try:
-            conf += confusion_matrix(y, logits.argmax(1)[0], num_classes, ignore_index=ignore_index)
+            one = confusion_matrix(y, logits.argmax(1)[0], num_classes, ignore_index=ignore_index)
         except ValueError as err:
             raise DataError(f"segmentation: evaluation image {i}: {err}") from None
+        conf += one
+        if per_image:
+            tp, target = torch.diagonal(one), one.sum(1)
+            rows.append(torch.stack([tp, target + one.sum(0) - tp, target]))
         if bar is not None:
             progress.update(bar, completed=i + 1)
     if bar is not None:
         progress.remove_task(bar)
+    if per_image:
+        counts = torch.stack(rows) if rows else torch.zeros(0, 3, num_classes, dtype=torch.int64)
+        return conf.cpu().numpy(), counts.cpu().numpy()
     return conf.cpu().numpy()
 
 

@@ -49,7 +49,14 @@ import numpy as np
 
 from .classification import topk_accuracy
 
-__all__ = ["PRECISIONS", "knn_metrics", "knn_neighbours", "knn_predict", "resolve_precision"]
+__all__ = [
+    "PRECISIONS",
+    "knn_metrics",
+    "knn_neighbours",
+    "knn_predict",
+    "knn_predict_from_neighbours",
+    "resolve_precision",
+]
 
 #: similarity-block size (elements) per chunk when ``chunk_size`` is not given: about 64 MB of
 #: float32 on a CPU (keeps the block near the caches' reach; measured fastest on 50k-row training
@@ -454,14 +461,77 @@ def knn_predict(
     Returns:
         ``{k: int64 array [M, min(topn, num_classes)]}``: class indices, best first.
     """
+    ks = _check_ks(ks, temperature)
+    n_train, _, _ = _check_inputs(train_x, train_y, test_x)
+    labels, num_classes, n_out = _vote_labels(train_y, n_train, ks, num_classes, topn)
+    blocks = _neighbour_blocks(
+        train_x, test_x, ks[-1], chunk_size=chunk_size, device=device, precision=precision, stats=stats
+    )
+    return _vote_blocks(blocks, labels, test_x.shape[0], ks, temperature, num_classes, n_out)
+
+
+def knn_predict_from_neighbours(
+    sims: np.ndarray,
+    idx: np.ndarray,
+    train_y: Any,
+    *,
+    ks: Sequence[int] = (20,),
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk_size: int | None = None,
+    device: str = "cpu",
+    topn: int = 5,
+) -> dict[int, np.ndarray]:
+    """:func:`knn_predict` given each test row's ``max(ks)`` neighbours, as :func:`knn_neighbours`
+    returns them (similarities [M, kmax], train indices [M, kmax], best first): for a training set
+    searched elsewhere, e.g. in shards by the ranks of a torchrun run
+    (:func:`clbench.distributed.knn_neighbours_on_ranks`). The votes are cast in the same blocks
+    of test rows as :func:`knn_predict` (sized from ``len(train_y)``, ``chunk_size`` and
+    ``device``), so the same neighbours give the same predictions bit for bit.
+    """
     import torch
 
+    sims, idx = np.asarray(sims), np.asarray(idx)
+    n_train = len(train_y)
+    if sims.ndim != 2 or sims.shape != idx.shape:
+        raise ValueError(f"neighbour similarities {sims.shape} and indices {idx.shape} must be equal 2-D shapes")
+    ks = _check_ks(ks, temperature)
+    labels, num_classes, n_out = _vote_labels(train_y, n_train, ks, num_classes, topn)
+    if ks[-1] > sims.shape[1]:
+        raise ValueError(f"k={ks[-1]} exceeds the {sims.shape[1]} neighbours given per row")
+    if len(idx) and (idx.min() < 0 or idx.max() >= n_train):
+        raise ValueError(f"neighbour indices must lie in [0, {n_train})")
+    dev = torch.device(device)
+    rows = _chunk_rows(n_train, sims.shape[0], chunk_size, dev)
+
+    def blocks() -> Iterator[tuple[int, int, Any, Any]]:
+        for start in range(0, sims.shape[0], rows):
+            stop = min(start + rows, sims.shape[0])
+            top_sim = torch.from_numpy(np.ascontiguousarray(sims[start:stop, : ks[-1]], dtype=np.float32))
+            top_idx = torch.from_numpy(np.ascontiguousarray(idx[start:stop, : ks[-1]], dtype=np.int64))
+            yield start, stop, top_sim.to(dev), top_idx.to(dev)
+
+    return _vote_blocks(blocks(), labels, sims.shape[0], ks, temperature, num_classes, n_out)
+
+
+def _check_ks(ks: Sequence[int], temperature: float) -> list[int]:
+    """The sorted distinct ``ks``, checked with the temperature."""
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be a non-empty list of positive integers, got {ks}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    n_train, n_test, _ = _check_inputs(train_x, train_y, test_x)
+    return ks
+
+
+def _vote_labels(
+    train_y: Any, n_train: int, ks: list[int], num_classes: int | None, topn: int
+) -> tuple[Any, int, int]:
+    """Checked labels of the vote: (labels int64 tensor, classes, ranked classes kept per row)."""
+    import torch
+
+    if len(train_y) != n_train:
+        raise ValueError(f"{n_train} train features but {len(train_y)} train labels")
     if ks[-1] > n_train:
         raise ValueError(f"k={ks[-1]} exceeds the number of training samples ({n_train})")
     labels_np = train_y.cpu().numpy() if isinstance(train_y, torch.Tensor) else np.asarray(train_y)
@@ -471,12 +541,16 @@ def knn_predict(
         num_classes = int(labels_np.max()) + 1
     if labels_np.min() < 0 or labels_np.max() >= num_classes:
         raise ValueError(f"train labels must lie in [0, {num_classes})")
-    n_out = min(topn, num_classes)
-    labels = torch.from_numpy(labels_np.astype(np.int64))
+    return torch.from_numpy(labels_np.astype(np.int64)), num_classes, min(topn, num_classes)
+
+
+def _vote_blocks(
+    blocks: Any, labels: Any, n_test: int, ks: list[int], temperature: float, num_classes: int, n_out: int
+) -> dict[int, np.ndarray]:
+    """The weighted votes of each block ``(start, stop, sims, train indices)`` of test rows."""
+    import torch
+
     out = {k: np.empty((n_test, n_out), dtype=np.int64) for k in ks}
-    blocks = _neighbour_blocks(
-        train_x, test_x, ks[-1], chunk_size=chunk_size, device=device, precision=precision, stats=stats
-    )
     with torch.inference_mode():
         for start, stop, top_sim, top_idx in blocks:
             top_labels = labels.to(top_idx.device)[top_idx]
@@ -500,16 +574,26 @@ def knn_neighbours(
     device: str = "cpu",
     precision: str = "auto",
     stats: dict[str, Any] | None = None,
+    offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each test row's ``k`` most cosine-similar train rows: similarities (float32 [M, k]) and
     train indices (int64 [M, k]), best first, equal similarities by lower index. Arguments as in
-    :func:`knn_predict`; the result does not depend on ``precision`` or ``chunk_size``."""
+    :func:`knn_predict`; the result does not depend on ``precision`` or ``chunk_size``.
+
+    ``offset``: the global index of ``train_x``'s first row when it is a contiguous shard of a
+    larger bank; returned indices are global (``offset + row``). A pair's similarity does not
+    depend on the other rows of the bank, and ties go to the lower index within the shard, hence
+    to the lower global index: the shards' lists merged by
+    :func:`clbench.distributed.merge_topk` are exactly the unsharded result.
+    """
     if len(train_x.shape) != 2 or len(test_x.shape) != 2 or train_x.shape[1] != test_x.shape[1]:
         raise ValueError(
             f"features must be 2-D with equal widths; got {tuple(train_x.shape)}, {tuple(test_x.shape)}"
         )
     if not 1 <= k <= train_x.shape[0]:
         raise ValueError(f"k must lie in [1, {train_x.shape[0]}], got {k}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
     sims = np.empty((test_x.shape[0], k), dtype=np.float32)
     idx = np.empty((test_x.shape[0], k), dtype=np.int64)
     for start, stop, top_sim, top_idx in _neighbour_blocks(
@@ -517,7 +601,18 @@ def knn_neighbours(
     ):
         sims[start:stop] = top_sim.cpu().numpy()
         idx[start:stop] = top_idx.cpu().numpy()
+    if offset:
+        idx += offset
     return sims, idx
+
+
+def _chunk_rows(n_train: int, n_test: int, chunk_size: int | None, dev: Any) -> int:
+    """Test rows per similarity block: ``chunk_size``, else sized to the device's block budget."""
+    if chunk_size is None:
+        chunk_size = max(1, _BLOCK_ELEMENTS.get(dev.type, 2**24) // max(n_train, 1))
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return max(1, min(chunk_size, n_test))
 
 
 def _neighbour_blocks(
@@ -537,11 +632,7 @@ def _neighbour_blocks(
     n_train, n_test = train_x.shape[0], test_x.shape[0]
     dev = torch.device(device)
     precision = resolve_precision(precision, dev)
-    if chunk_size is None:
-        chunk_size = max(1, _BLOCK_ELEMENTS.get(dev.type, 2**24) // max(n_train, 1))
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    rows = max(1, min(chunk_size, n_test))
+    rows = _chunk_rows(n_train, n_test, chunk_size, dev)
     crowded = 2 * kmax + _CROWDED
     n_pairs = 0
     n_redone = 0

@@ -21,6 +21,16 @@ or ``none``. CSV gains ``<column> ci_low`` / ``ci_high`` / ``std`` columns at fu
 the columns that have them. A legend line in the notes says what the brackets and ``±`` mean.
 Results without any uncertainty render exactly as before.
 
+``published=True`` (``clbench report --published``) adds, right after each task column in which
+some zoo encoder's result matches a number its authors published (:mod:`clbench.zoo.published`),
+a column ``<task> (published)``: the published value and, in parentheses, ours - published on the
+column's scale (``0.7110 (−0.0220)``; the compared metric is named when it is not the column's
+main metric), marked :data:`PUBLISHED_MARK` when the difference exceeds the protocol's tolerance,
+with a legend line in the notes. CSV gets ``<task> (published)``, ``<task> (published) diff`` and
+``<task> (published) within_tolerance`` columns at full precision; JSON gets the columns with
+``"published_for"`` and cells holding ``published``, ``diff``, ``tolerance``... Without it every
+format is unchanged.
+
 Displayed numbers use one precision per column: 4 decimals when every value lies in [-1, 1]
 (a 0-1 scale), 2 decimals up to 1000, 1 beyond. "Best" is the highest (or, for a column whose
 results say ``higher_is_better: false``, the lowest) value among the column's comparable ``ok``
@@ -50,10 +60,14 @@ from .table import Cell, Column, Table, build_table
 
 __all__ = [
     "FORMATS",
+    "PUBLISHED_MARK",
     "UNCERTAINTY_STYLES",
     "decimals_for",
     "format_number",
     "latex_escape",
+    "published_decimals",
+    "published_legend",
+    "published_text",
     "render",
     "report",
     "uncertainty_legend",
@@ -61,6 +75,8 @@ __all__ = [
 ]
 
 FORMATS = ("markdown", "csv", "latex", "json", "html")
+#: marks a ``(published)`` cell whose difference from ours exceeds the protocol's tolerance
+PUBLISHED_MARK = "*"
 UNCERTAINTY_STYLES = ("interval", "pm", "none")
 
 _MISSING = "–"
@@ -135,8 +151,17 @@ def render(
     return renderers[fmt](table, uncertainty)
 
 
-def report(results_dir: str | Path, fmt: str, *, uncertainty: str = "interval", plots: bool = True) -> str:
+def report(
+    results_dir: str | Path,
+    fmt: str,
+    *,
+    uncertainty: str = "interval",
+    plots: bool = True,
+    published: bool = False,
+) -> str:
     """Load every result below ``results_dir`` and render its table in ``fmt``.
+
+    ``published``: add the ``(published)`` columns of zoo encoders (see the module docs).
 
     Files that are not valid clbench results are listed in the notes. A folder without results
     gives a short message (in JSON: an empty table whose notes say so; in HTML: a page saying so).
@@ -148,6 +173,10 @@ def report(results_dir: str | Path, fmt: str, *, uncertainty: str = "interval", 
     results, bad = load_results(Path(results_dir))
     table = build_table(results)
     table.notes.extend(f"not a valid clbench result file, ignored: {path}" for path in bad)
+    if published:
+        from ..zoo.published import attach
+
+        attach(table, results)
     if table.rows or fmt in ("json", "html"):
         if not table.rows:
             table.notes.insert(0, f"no results found in {results_dir}")
@@ -216,6 +245,55 @@ def uncertainty_legend(table: Table, style: str = "interval") -> str | None:
     return "uncertainty: " + "; ".join(parts)
 
 
+def published_decimals(table: Table, j: int) -> int:
+    """Decimals of column ``j`` and its ``(published)`` column: one precision for both."""
+    values = []
+    for row in table.rows:
+        cell = row.cells[j]
+        values += [cell.value] if cell.value is not None else []
+        values += [cell.published.value] if cell.published is not None else []
+    return decimals_for(values)
+
+
+def published_text(cell: Cell, decimals: int, minus: str = "\u2212") -> str:
+    """``0.7110 (−0.0220)``: the published value and ours - published, without the mark; the
+    compared metric is added when it is not the cell's main metric; a dash without a number."""
+    p = cell.published
+    if p is None:
+        return _MISSING
+    diff = format_number(p.diff, decimals, signed=True).replace("-", minus)
+    metric = f", {p.metric}" if p.metric != cell.main_metric else ""
+    return f"{format_number(p.value, decimals)} ({diff}{metric})"
+
+
+def _beyond(cell: Cell) -> bool:
+    return cell.published is not None and not cell.published.within_tolerance
+
+
+def published_legend(table: Table) -> list[str]:
+    """The notes ``report --published`` adds: what the columns show, the mark, STS averages."""
+    if not table.show_published:
+        return []
+    columns = table.published_columns
+    cells = [row.cells[j] for row in table.rows for j in columns if row.cells[j].published is not None]
+    lines = []
+    if cells:
+        text = (
+            "(published) columns: the number the authors published for the zoo entry, then ours − "
+            "published in parentheses, on the column's scale"
+        )
+        beyond = [c.published for c in cells if _beyond(c)]
+        if beyond:
+            tolerances = sorted({(p.protocol, p.tolerance) for p in beyond})
+            shown = ", ".join(f"{proto} ±{tol:g}" for proto, tol in tolerances)
+            text += f"; {PUBLISHED_MARK} = the difference exceeds the tolerance ({shown})"
+        lines.append(text)
+    lines += table.published_notes
+    if not lines:
+        lines.append("published numbers: no zoo result matches a published protocol")
+    return lines
+
+
 def _cell_text(cell: Cell, decimals: int) -> str:
     """Plain text of a cell without marks: a number, ``failed``, ``skipped``, n/a or a dash."""
     if cell.status == "ok":
@@ -252,7 +330,15 @@ def _styled_rows(
 
 def _notes(table: Table, style: str) -> list[str]:
     legend = uncertainty_legend(table, style)
-    return ([legend] if legend else []) + table.cell_notes + table.notes
+    return ([legend] if legend else []) + published_legend(table) + table.cell_notes + table.notes
+
+
+def _with_published(table: Table, texts: list[Any], extra: list[Any]) -> list[Any]:
+    """``texts`` (one per column) with ``extra[k]`` inserted after the k-th published column."""
+    out = list(texts)
+    for offset, (j, text) in enumerate(zip(table.published_columns, extra)):
+        out.insert(j + 1 + offset, text)
+    return out
 
 
 # ---- markdown ------------------------------------------------------------------------------
@@ -263,14 +349,25 @@ def _md_escape(text: str) -> str:
 
 
 def _markdown(table: Table, style: str = "interval") -> str:
-    header = ["encoder"] + [c.label for c in table.columns]
+    pub = table.published_columns
+    labels = _with_published(
+        table, [c.label for c in table.columns], [table.columns[j].published_label for j in pub]
+    )
+    header = ["encoder"] + labels
     lines = [
         "| " + " | ".join(_md_escape(h) for h in header) + " |",
-        "|:--|" + "--:|" * len(table.columns),
+        "|:--|" + "--:|" * len(labels),
     ]
     styled = _styled_rows(table, bold=lambda t: f"**{t}**", mark=lambda m: m, style=style)
+    decimals = {j: published_decimals(table, j) for j in pub}
     for row, texts in zip(table.rows, styled):
-        lines.append("| " + " | ".join([_md_escape(row.label)] + texts) + " |")
+        extra = [
+            published_text(row.cells[j], decimals[j])
+            + ("\\" + PUBLISHED_MARK if _beyond(row.cells[j]) else "")
+            for j in pub
+        ]
+        cells = _with_published(table, texts, [_md_escape(t) for t in extra])
+        lines.append("| " + " | ".join([_md_escape(row.label)] + cells) + " |")
     if table.footnotes:
         lines.append("")
         lines.extend(f"- {f.mark} {_md_escape(f.text)}" for f in table.footnotes)
@@ -326,17 +423,27 @@ def _csv(table: Table, style: str = "interval") -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     extras = [_csv_extras(table, j, style) for j in range(len(table.columns))]
+    pub = set(table.published_columns)
     header = ["suite", "encoder"]
-    for column, sub in zip(table.columns, extras):
+    for j, (column, sub) in enumerate(zip(table.columns, extras)):
         header += [column.label] + [f"{column.label} {what}" for what in sub]
+        if j in pub:
+            label = column.published_label
+            header += [label, f"{label} diff", f"{label} within_tolerance"]
     writer.writerow(header + ["notes"])
     for row in table.rows:
         values = []
-        for cell, sub in zip(row.cells, extras):
+        for j, (cell, sub) in enumerate(zip(row.cells, extras)):
             values += [_csv_value(cell)] + [_csv_extra_value(cell, what) for what in sub]
+            if j in pub:
+                p = cell.published
+                values += (
+                    ["", "", ""] if p is None else [repr(p.value), repr(p.diff), str(p.within_tolerance)]
+                )
         writer.writerow([row.suite, row.encoder] + values + [_row_notes(table, row.cells)])
     legend = uncertainty_legend(table, style)
-    for note in ([legend] if legend else []) + table.notes:  # table-level: no suite, encoder or values
+    table_notes = ([legend] if legend else []) + published_legend(table) + table.notes
+    for note in table_notes:  # table-level: no suite, encoder or values
         writer.writerow(["", ""] + [""] * (len(header) - 2) + [note])
     return buf.getvalue()
 
@@ -365,30 +472,48 @@ def _latex_spread(text: str) -> str:
 
 
 def _latex(table: Table, style: str = "interval") -> str:
+    pub = table.published_columns
+    headers = _with_published(
+        table,
+        [_latex_header(c) for c in table.columns],
+        [latex_escape(table.columns[j].published_label) for j in pub],
+    )
     lines = [
-        r"\begin{tabular}{l" + "r" * len(table.columns) + "}",
+        r"\begin{tabular}{l" + "r" * len(headers) + "}",
         r"\toprule",
-        " & ".join(["encoder"] + [_latex_header(c) for c in table.columns]) + r" \\",
+        " & ".join(["encoder"] + headers) + r" \\",
         r"\midrule",
     ]
     styled = _styled_rows(
         table, bold=lambda t: r"\textbf{" + t + "}", mark=_latex_mark, extra=_latex_spread, style=style
     )
+    decimals = {j: published_decimals(table, j) for j in pub}
     for row, texts in zip(table.rows, styled):
+        extra = [_latex_published(row.cells[j], decimals[j]) for j in pub]
         # cell texts are numbers, markers and our own macros: only the dash needs translating
-        cells = [t.replace(_MISSING, "--") for t in texts]
+        cells = [t.replace(_MISSING, "--") for t in _with_published(table, texts, extra)]
         lines.append(" & ".join([latex_escape(row.label)] + cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    if table.footnotes:
+    below = [f"{_latex_mark(f.mark)} {latex_escape(f.text)}" for f in table.footnotes]
+    if pub and any(_beyond(row.cells[j]) for row in table.rows for j in pub):
+        below.append(f"{_latex_mark(PUBLISHED_MARK)} {latex_escape(_MARK_TEXT)}")
+    if below:
         lines.append(r"\par\smallskip")
-        lines.append(
-            r"{\footnotesize "
-            + r" \par ".join(f"{_latex_mark(f.mark)} {latex_escape(f.text)}" for f in table.footnotes)
-            + r"\par}"
-        )
+        lines.append(r"{\footnotesize " + r" \par ".join(below) + r"\par}")
     lines.extend(f"% {' '.join(note.split())}" for note in _notes(table, style))
     lines.append(r"% needs \usepackage{booktabs}")
     return "\n".join(lines) + "\n"
+
+
+_MARK_TEXT = "in a (published) column: ours - published exceeds the tolerance of the protocol"
+
+
+def _latex_published(cell: Cell, decimals: int) -> str:
+    """A ``(published)`` cell in LaTeX: ``0.7110 ($-$0.0220)`` and the mark when beyond tolerance."""
+    if cell.published is None:
+        return _MISSING
+    text = latex_escape(published_text(cell, decimals, minus="\x00")).replace("\x00", "$-$")
+    return text + (_latex_mark(PUBLISHED_MARK) if _beyond(cell) else "")
 
 
 # ---- JSON ----------------------------------------------------------------------------------
@@ -441,19 +566,62 @@ def _cell_json(column: Column, cell: Cell) -> dict[str, Any]:
     }
 
 
+def _published_column_json(column: Column) -> dict[str, Any]:
+    return {
+        "label": column.published_label,
+        "task": column.task,
+        "task_type": column.task_type,
+        "published_for": column.label,
+    }
+
+
+def _published_cell_json(column: Column, cell: Cell) -> dict[str, Any]:
+    p = cell.published
+    out: dict[str, Any] = {
+        "column": column.published_label,
+        "task": column.task,
+        "task_type": column.task_type,
+        "status": "missing" if p is None else "ok",
+    }
+    if p is not None:
+        out.update(
+            {
+                "published": p.value,
+                "ours": cell.metrics.get(p.metric),
+                "diff": p.diff,
+                "tolerance": p.tolerance,
+                "within_tolerance": p.within_tolerance,
+                "metric": p.metric,
+                "protocol": p.protocol,
+                "source": p.source,
+            }
+        )
+    return out
+
+
 def _json(table: Table, style: str = "interval") -> str:
-    doc = {
-        "columns": [_column_json(c) for c in table.columns],
+    pub = table.published_columns
+    columns = _with_published(
+        table,
+        [_column_json(c) for c in table.columns],
+        [_published_column_json(table.columns[j]) for j in pub],
+    )
+    doc: dict[str, Any] = {
+        "columns": columns,
         "rows": [
             {
                 "suite": row.suite,
                 "encoder": row.encoder,
                 "label": row.label,
-                "cells": [_cell_json(col, cell) for col, cell in zip(table.columns, row.cells)],
+                "cells": _with_published(
+                    table,
+                    [_cell_json(col, cell) for col, cell in zip(table.columns, row.cells)],
+                    [_published_cell_json(table.columns[j], row.cells[j]) for j in pub],
+                ),
             }
             for row in table.rows
         ],
         "footnotes": [{"mark": f.mark, "text": f.text} for f in table.footnotes],
-        "notes": table.cell_notes + table.notes,
+        "notes": published_legend(table) + table.cell_notes + table.notes,
     }
     return json.dumps(_finite(doc), indent=2, ensure_ascii=False, allow_nan=False) + "\n"

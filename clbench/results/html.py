@@ -11,6 +11,9 @@ It holds:
   marks for incomparable cells, failed and skipped cells with their reason on hover (``title``);
   clicking a header sorts the rows by that column (best first, a second click reverses; cells
   without a number stay at the bottom), plain JavaScript on ``data-value`` attributes;
+- with ``report --published``, a ``<task> (published)`` column after each task column that has
+  a published number: the authors' value and ours - published, marked when beyond tolerance
+  (class ``beyond``), source and tolerance on hover;
 - footnotes and notes, as in the other formats;
 - a provenance summary: suites, suite files, clbench and package versions (values that differ
   between results are all listed), git commits, devices, hosts, seeds, result timestamps;
@@ -28,7 +31,18 @@ import math
 from collections import Counter, defaultdict
 from typing import Any
 
-from .formats import _best_texts, _cell_text, _column_decimals, uncertainty_legend, uncertainty_text
+from .formats import (
+    PUBLISHED_MARK,
+    _best_texts,
+    _cell_text,
+    _column_decimals,
+    _with_published,
+    published_decimals,
+    published_legend,
+    published_text,
+    uncertainty_legend,
+    uncertainty_text,
+)
 from .table import Cell, Column, Table
 
 __all__ = ["render_html"]
@@ -56,6 +70,8 @@ td.failed { color: #b00020; }
 td.skipped { color: #8a6d00; }
 td.failed, td.skipped { cursor: help; text-decoration: underline dotted; }
 td.missing { color: #999; }
+td.published .diff { color: #666; font-size: .85em; }
+td.published.beyond .diff { color: #b00020; }
 td.incomparable { background: #fff6e0; }
 tbody tr:hover { background: #f5f7fa; }
 dl.prov { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1rem; }
@@ -208,6 +224,34 @@ def _cell_html(table: Table, column: Column, cell: Cell, decimals: int, best: se
     )
 
 
+def _published_header_html(column: Column) -> str:
+    tip = f"published numbers of the zoo entries for {column.label}; in parentheses: ours - published"
+    return (
+        f'<th scope="col" aria-sort="none" data-higher="1" title="{_e(tip)}">'
+        f'<button type="button">{_e(column.published_label)}</button></th>'
+    )
+
+
+def _published_cell_html(cell: Cell, decimals: int) -> str:
+    p = cell.published
+    if p is None:
+        return '<td class="published missing" data-value="" title="no published number">–</td>'
+    value, _, rest = published_text(cell, decimals).partition(" ")
+    tip = [
+        f"published {p.value!r} ({p.protocol}, {p.metric})",
+        f"ours - published = {p.diff!r}",
+        f"tolerance {p.tolerance:g}" + ("" if p.within_tolerance else ": beyond"),
+        p.source,
+    ]
+    beyond = not p.within_tolerance
+    mark = f"<sup>{_e(PUBLISHED_MARK)}</sup>" if beyond else ""
+    return (
+        f'<td class="num published{" beyond" if beyond else ""}" data-value="{p.value!r}" '
+        f'data-diff="{p.diff!r}" title="{_e("; ".join(tip))}">'
+        f'<span class="v">{_e(value)}</span> <span class="diff">{_e(rest)}</span>{mark}</td>'
+    )
+
+
 def _table_html(table: Table, style: str) -> str:
     if not table.rows:
         return "<p>No results.</p>"
@@ -217,13 +261,22 @@ def _table_html(table: Table, style: str) -> str:
         per_column.append((decimals, _best_texts(table, j, decimals)))
     encoder = '<th scope="col" aria-sort="none"><button type="button">encoder</button></th>'
     lines = ['<div class="scroll">', '<table id="results">', "<thead><tr>", encoder]
-    lines += [_header_html(c) for c in table.columns]
+    pub = table.published_columns
+    lines += _with_published(
+        table,
+        [_header_html(c) for c in table.columns],
+        [_published_header_html(table.columns[j]) for j in pub],
+    )
     lines += ["</tr></thead>", "<tbody>"]
+    pub_decimals = {j: published_decimals(table, j) for j in pub}
     for row in table.rows:
         cells = [
             _cell_html(table, column, cell, decimals, best, style)
             for column, cell, (decimals, best) in zip(table.columns, row.cells, per_column)
         ]
+        cells = _with_published(
+            table, cells, [_published_cell_html(row.cells[j], pub_decimals[j]) for j in pub]
+        )
         lines.append(f'<tr><th scope="row">{_e(row.label)}</th>{"".join(cells)}</tr>')
     lines += ["</tbody>", "</table>", "</div>"]
     return "\n".join(lines)
@@ -236,7 +289,7 @@ def _notes_html(table: Table, style: str) -> str:
         out += [f"<li><sup>{_e(f.mark)}</sup> {_e(f.text)}</li>" for f in table.footnotes]
         out.append("</ul>")
     legend = uncertainty_legend(table, style)
-    notes = ([legend] if legend else []) + table.cell_notes + table.notes
+    notes = ([legend] if legend else []) + published_legend(table) + table.cell_notes + table.notes
     if notes:
         out.append('<ul class="notes">')
         out += [f"<li>{_e(n)}</li>" for n in notes]

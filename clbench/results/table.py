@@ -40,6 +40,7 @@ __all__ = [
     "Column",
     "Footnote",
     "Interval",
+    "PublishedNumber",
     "Row",
     "Table",
     "build_table",
@@ -78,6 +79,11 @@ class Column:
             label += f" ({self.main_metric})"
         return label
 
+    @property
+    def published_label(self) -> str:
+        """The label of this column's ``report --published`` companion: ``task (published)``."""
+        return self.task + (f" [{self.task_type}]" if self.show_type else "") + " (published)"
+
 
 @dataclasses.dataclass(frozen=True)
 class Interval:
@@ -91,6 +97,24 @@ class Interval:
     @property
     def halfwidth(self) -> float:
         return (self.high - self.low) / 2
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedNumber:
+    """A number the authors published for a cell's encoder and task (``report --published``).
+
+    ``value``, ``diff`` (ours - published) and ``tolerance`` are on the cell's scale (fractions,
+    as clbench's metrics; the zoo catalogue's percentages divided by 100). ``metric`` is the
+    metric of ours that was compared, which need not be the cell's main metric.
+    """
+
+    value: float
+    diff: float
+    tolerance: float
+    within_tolerance: bool
+    metric: str
+    protocol: str
+    source: str
 
 
 @dataclasses.dataclass
@@ -110,6 +134,8 @@ class Cell:
     ci: Interval | None = None
     #: standard deviation of ``value`` over seeds, when the result carries one
     std: float | None = None
+    #: the published number this cell reproduces (set only by ``report --published``)
+    published: PublishedNumber | None = None
 
     @property
     def comparable(self) -> bool:
@@ -138,6 +164,20 @@ class Table:
     footnotes: list[Footnote] = dataclasses.field(default_factory=list)
     #: table-level remarks: duplicate results, unreadable files (added by ``report``)
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: ``report --published``: add a ``<task> (published)`` column next to each task column
+    #: that has a published number in some row (:attr:`Cell.published`)
+    show_published: bool = False
+    #: published numbers that belong to no single cell (an encoder's STS average), as lines
+    published_notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def published_columns(self) -> list[int]:
+        """Indices of the columns that get a ``(published)`` column (none without ``show_published``)."""
+        if not self.show_published:
+            return []
+        return [
+            j for j in range(len(self.columns)) if any(r.cells[j].published is not None for r in self.rows)
+        ]
 
     def footnote(self, mark: str) -> Footnote:
         return next(f for f in self.footnotes if f.mark == mark)

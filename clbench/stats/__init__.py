@@ -8,7 +8,9 @@ Pure numpy (never torch). The pieces:
   same samples), :func:`mcnemar_exact`, :func:`unpaired_difference`, :func:`difference_from_cis`;
 - :mod:`.seeds`: :func:`seed_summary` / :func:`seed_metrics` (mean, std, Student-t CI over seeds);
 - :mod:`.samples`: per-sample outcomes (``TaskOutput.samples``) and their sidecar
-  ``<task>.samples.npz`` next to a result.
+  ``<task>.samples.npz`` next to a result;
+- :mod:`.dense`: statistics over resampled images (mIoU from per-image pixel counts, COCO AP
+  re-accumulated from per-image detections).
 
 What a result file holds (written by the runner; read these for tables and plots)::
 
@@ -67,8 +69,9 @@ __all__ = [
 DEFAULT_LEVEL = 0.95
 DEFAULT_RESAMPLES = 1000
 #: vectorised statistics are cheap enough to give every listed metric a CI; row-wise ones
-#: (NMI, macro-F1, ...) loop over resamples in Python and get one only as the main metric
-_CHEAP = {"mean", "pearson", "spearman", "group_mean"}
+#: (NMI, macro-F1, ...) loop over resamples in Python, and COCO AP re-accumulates every
+#: resample's detections: they get one only as the main metric
+_CHEAP = {"mean", "pearson", "spearman", "group_mean", "miou", "seg_pixel_accuracy", "seg_mean_accuracy"}
 
 
 def cell_cis(

@@ -18,6 +18,10 @@ and return ``[b]`` values:
 - ``group_mean``: with ``groups``, the unweighted mean over groups of each group's mean
   (image-text retrieval: mean of the two directions' recalls); resampling is then stratified:
   each group is resampled within itself;
+- statistics of the resample's *counts* (how often each sample occurs), for metrics summed over
+  samples before they are computed: ``miou``, ``seg_pixel_accuracy``, ``seg_mean_accuracy``
+  (per-image pixel counts ``[n, C]``) and ``coco_ap``, ``coco_ap50``, ``coco_ap75`` (per-image
+  detections), in :mod:`clbench.stats.dense`;
 - row-wise statistics, applied to one resample at a time, for metrics that are not means of
   per-sample terms: ``nmi``, ``ari``, ``purity``, ``macro_f1``, ``balanced_accuracy`` (arrays
   ``(true, pred)``), ``r2`` (``(true, pred)``) -- given several prediction arrays (one per seed)
@@ -167,6 +171,25 @@ def _mean_auroc(*pairs: np.ndarray) -> float:
     return float(np.mean(valid)) if valid else float("nan")
 
 
+#: statistics of a batch's count matrix ``C[r, i]`` (how often sample ``i`` occurs in resample
+#: ``r``) and the whole per-sample arrays: ``fn(C, *arrays) -> [b]`` (``module:function``)
+_COUNT_LAZY: dict[str, str] = {
+    "miou": "clbench.stats.dense:miou",
+    "seg_pixel_accuracy": "clbench.stats.dense:pixel_accuracy",
+    "seg_mean_accuracy": "clbench.stats.dense:mean_accuracy",
+    "coco_ap": "clbench.stats.dense:coco_ap",
+    "coco_ap50": "clbench.stats.dense:coco_ap50",
+    "coco_ap75": "clbench.stats.dense:coco_ap75",
+}
+
+
+def _count_statistic(name: str) -> Callable[..., np.ndarray]:
+    import importlib
+
+    module, func = _COUNT_LAZY[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
 def _resolve_lazy(name: str) -> Callable[..., float] | None:
     if name == "mean_auroc":
         _ROWWISE[name] = _mean_auroc
@@ -199,13 +222,13 @@ def register_statistic(name: str, fn: Callable[..., float]) -> None:
 
     It is applied to each resample in turn, so it may be any pure function of the arrays.
     """
-    if name in STATISTICS or name in _LAZY or name == "group_mean":
+    if name in STATISTICS or name in _LAZY or name in _COUNT_LAZY or name == "group_mean":
         raise ValueError(f"statistic {name!r} is built in")
     _ROWWISE[name] = fn
 
 
 def _known(name: str) -> bool:
-    return name in STATISTICS or name in _ROWWISE or name in _LAZY or name == "group_mean"
+    return name in STATISTICS or name in _ROWWISE or name in _LAZY or name in _COUNT_LAZY or name == "group_mean"
 
 
 def _apply(name: str, mats: list[np.ndarray]) -> np.ndarray:
@@ -215,7 +238,7 @@ def _apply(name: str, mats: list[np.ndarray]) -> np.ndarray:
     fn = _ROWWISE.get(name) or _resolve_lazy(name)
     if fn is not None:
         return np.array([fn(*(m[i] for m in mats)) for i in range(mats[0].shape[0])], dtype=np.float64)
-    known = sorted(STATISTICS) + sorted(set(_ROWWISE) | set(_LAZY))
+    known = sorted(STATISTICS) + sorted(set(_ROWWISE) | set(_LAZY) | set(_COUNT_LAZY))
     raise KeyError(f"unknown statistic {name!r} (known: {', '.join(known)})")
 
 
@@ -235,6 +258,9 @@ def evaluate_statistic(
         (arr,) = names
         values = np.asarray(arrays[arr], dtype=np.float64)
         return float(np.mean([values[groups == g].mean() for g in np.unique(groups)]))
+    if name in _COUNT_LAZY:  # every sample once
+        n = np.asarray(arrays[names[0]]).shape[0]
+        return float(_count_statistic(name)(np.ones((1, n)), *(np.asarray(arrays[a]) for a in names))[0])
     mats = [np.asarray(arrays[a])[None, :] for a in names]
     return float(_apply(name, mats)[0])
 
@@ -255,8 +281,8 @@ def _check(arrays: Mapping[str, np.ndarray], groups: np.ndarray | None) -> tuple
         raise ValueError("no per-sample arrays given")
     n = next(iter(out.values())).shape[0] if next(iter(out.values())).ndim else 0
     for v in out.values():
-        if v.ndim != 1 or v.shape[0] != n:
-            raise ValueError(f"per-sample arrays must be 1-D of one length; got shapes {lengths}")
+        if v.ndim < 1 or v.shape[0] != n:
+            raise ValueError(f"per-sample arrays must be 1-D of one length (or rows [n, ...]); got shapes {lengths}")
     if n < 1:
         raise ValueError("no samples to resample")
     if groups is not None and np.shape(groups) != (n,):
@@ -316,6 +342,8 @@ def bootstrap_distributions(
                 out[key].append(np.mean([values[p].mean(axis=1) for p in parts], axis=0))
             elif name in _COUNTED:
                 out[key].append(counts.statistic(name, names))
+            elif name in _COUNT_LAZY:
+                out[key].append(np.asarray(_count_statistic(name)(counts.c, *(arrays[a] for a in names)), np.float64))
             else:
                 out[key].append(_apply(name, [arrays[a][idx] for a in names]))
     return {key: np.concatenate(v) for key, v in out.items()}

@@ -4,7 +4,7 @@ A task returns ``TaskOutput.samples`` (see :func:`make_samples`)::
 
     {
         "kind": "correct",                  # what the arrays are (KINDS)
-        "arrays": {"top1@k20": bool [n], "top1@k10": bool [n], ...},   # 1-D, one length n
+        "arrays": {"top1@k20": bool [n], "top1@k10": bool [n], ...},   # one length n (rows: [n, ...])
         "metrics": {"top1@k20": ("mean", ["top1@k20"]), ...},          # metric -> statistic spec
         "groups": None,                     # optional int [n]: strata, resampled within themselves
     }
@@ -12,7 +12,9 @@ A task returns ``TaskOutput.samples`` (see :func:`make_samples`)::
 ``metrics`` says how each metric follows from the arrays (a statistic of
 :mod:`clbench.stats.bootstrap` and the arrays it reads): ``mean`` of per-sample correctness is an
 accuracy, ``spearman`` of ``gold``/``pred`` a correlation over pairs, ``group_mean`` of per-query
-hits the mean of two directions' recalls. Only metrics listed there get a CI.
+hits the mean of two directions' recalls. Only metrics listed there get a CI. An array may hold one
+row per sample (``[n, C]``: a segmentation image's per-class pixel counts, a detection image's
+padded detections); resampling draws whole rows.
 
 The runner writes the arrays to ``<task>.samples.npz`` next to ``<task>.json`` (plain ``.npz``,
 no pickle: read with ``np.load(allow_pickle=False)``; arrays stored as ``a0``, ``a1``, ... in the
@@ -62,7 +64,10 @@ SIDECAR_SUFFIX = ".samples.npz"
 #: per_query: a score per query (retrieval metrics, means over queries);
 #: pairs: gold and predicted similarity per pair (correlations);
 #: labels: true and predicted labels or scores per sample (metrics recomputed on each resample)
-KINDS = ("correct", "per_query", "pairs", "labels")
+#: pixel_counts: per image, per-class intersection / union / target pixels (segmentation: mIoU
+#: from summed counts); detections: per image, its scored detections and their matches
+#: (detection: COCO AP re-accumulated over the resampled images)
+KINDS = ("correct", "per_query", "pairs", "labels", "pixel_counts", "detections")
 
 
 class SamplesError(ValueError):
@@ -109,10 +114,12 @@ def make_samples(
         if not isinstance(name, str) or not name or "/" in name:
             raise ValueError(f"samples: invalid array name {name!r}")
         arr = np.asarray(value)
-        if arr.dtype == object or arr.ndim != 1:
-            raise ValueError(f"samples: array {name!r} must be a 1-D numeric array, got {arr.dtype} {arr.shape}")
+        if arr.dtype == object or arr.ndim < 1:
+            raise ValueError(
+                f"samples: array {name!r} must be a 1-D numeric array (or one row per sample), got {arr.dtype} {arr.shape}"
+            )
         out[name] = arr
-    lengths = {k: len(v) for k, v in out.items()}
+    lengths = {k: v.shape[0] for k, v in out.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"samples: arrays of different lengths {lengths}")
     n = next(iter(lengths.values()))
@@ -217,8 +224,8 @@ def read_sidecar(result_path: Path, spec: Mapping[str, Any]) -> LoadedSamples:
     except (KeyError, ValueError, OSError) as err:
         raise SamplesError(f"{path}: not a valid sidecar ({type(err).__name__}: {err})") from None
     for a, arr in arrays.items():
-        if arr.ndim != 1 or len(arr) != n:
-            raise SamplesError(f"{path}: array {a!r} has shape {arr.shape}, spec says ({n},)")
+        if arr.ndim < 1 or arr.shape[0] != n:
+            raise SamplesError(f"{path}: array {a!r} has shape {arr.shape}, spec says ({n}, ...)")
     if groups is not None and groups.shape != (n,):
         raise SamplesError(f"{path}: groups have shape {groups.shape}, spec says ({n},)")
     return LoadedSamples(kind=kind, arrays=arrays, metrics=metrics, groups=groups, path=path)

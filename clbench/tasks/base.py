@@ -32,7 +32,7 @@ class TaskOutput:
     #: files written next to the result as ``<task>.<name>`` (e.g. ``{"spectrum.png": b"..."}``)
     artifacts: dict[str, bytes] = dataclasses.field(default_factory=dict)
     #: per-sample outcomes, so CIs and paired tests can be computed (now and after the fact):
-    #: ``{"kind", "arrays": {name: 1-D array [n], all one length n}, "metrics": {metric:
+    #: ``{"kind", "arrays": {name: array [n] or rows [n, ...], all one length n}, "metrics": {metric:
     #: (statistic, [array names])}, "groups": optional int [n]}``, built with
     #: :func:`clbench.stats.samples.task_samples` (invalid outcomes become ``unavailable`` instead
     #: of failing the cell). Empty when the protocol has none, or
@@ -58,8 +58,12 @@ class TaskContext:
         seed: int = 0,
         cache_dir: Any = None,
         console: Any = None,
+        dist: Any = None,
     ):
         self._features = features
+        #: under torchrun, for a task with ``collective = True``: the ranks' handle
+        #: (:class:`clbench.distributed.CellGroup`), every rank running the task together; else None
+        self.dist = dist
         #: the run's cache folder (training state of dense tasks lives under it); None: the default
         self.cache_dir = cache_dir
         #: the run's rich console (progress bars), or None when not attached to a terminal
@@ -86,6 +90,13 @@ class Task:
     #: several modalities the encoder must take (e.g. ("image", "text") for zero-shot); overrides
     #: ``modality`` when set
     modalities: ClassVar[tuple[str, ...] | None] = None
+    #: options that change how the numbers are computed but not the numbers (block sizes, loader
+    #: workers, a similarity pass proven to give identical neighbours): left out of the
+    #: comparability hash, so cells differing only in them stay side by side in a table
+    execution_options: ClassVar[tuple[str, ...]] = ()
+    #: True: under torchrun every rank runs the task's cells together (``ctx.dist``, see
+    #: :mod:`clbench.distributed`); False: rank 0 runs them alone
+    collective: ClassVar[bool] = False
 
     def __init__(self, options: Any, *, name: str = "task"):
         self.options = options

@@ -123,6 +123,7 @@ class DetectionTask(Task):
 
     Options = DetectionOptions
     protocol_version = "1"
+    execution_options = ("num_workers",)
     dataset_kinds = ("detection",)
     splits = ()  # no cached features: the task trains the network itself
     modality = "image"
@@ -160,6 +161,7 @@ class DetectionTask(Task):
         }
         trials: list[dict[str, float]] = []
         per_trial: list[dict[str, Any]] = []
+        outcomes: list[dict[str, dict[str, Any]]] = []
         t0 = time.perf_counter()
         for t in range(o.trials):
             seed = int(ctx.seed) + t
@@ -172,9 +174,11 @@ class DetectionTask(Task):
             )  # fmt: skip
             metrics: dict[str, float] = {}
             info: dict[str, Any] = {"seed": seed}
+            outcomes.append({})
             for iou in iou_types:
                 extra: dict[str, Any] = {}
-                stats = coco_evaluate(gt, dets, iou_type=iou, details=extra)
+                outcomes[-1][iou] = {}
+                stats = coco_evaluate(gt, dets, iou_type=iou, details=extra, outcomes=outcomes[-1][iou])
                 metrics.update({f"{iou}_{k}": v for k, v in stats.items() if k in HEADLINE})
                 info[f"{iou}_stats"] = stats
                 info[f"{iou}_per_category_AP"] = extra["per_category_AP"]
@@ -208,7 +212,8 @@ class DetectionTask(Task):
             "trials": per_trial,
             "metric_scale": "fractions in [0, 1] (x100 for the numbers papers print)",
         }
-        return TaskOutput(out, self.main_metric(o), details, {"fit_s": fit_s})
+        samples = detection_samples(outcomes, iou_types)
+        return TaskOutput(out, self.main_metric(o), details, {"fit_s": fit_s}, samples=samples)
 
     def _fine_tune(self, ctx: TaskContext, r: dict[str, Any], items: Any, masks: bool, seed: int, key: str):
         import torch
@@ -264,6 +269,32 @@ class DetectionTask(Task):
             kept = str(final)
         ckpt.clear()
         return model, losses, kept
+
+
+def detection_samples(outcomes: list[dict[str, Any]], iou_types: tuple[str, ...]) -> dict[str, Any]:
+    """Per-image outcomes of every trial (``kind: detections``; from
+    :func:`clbench.dense.coco_eval.image_outcomes`): the bootstrap resamples evaluation images and
+    re-accumulates COCO AP (AP50, AP75) over them, averaged over trials like the metrics."""
+    from ..stats.samples import task_samples
+
+    gold = outcomes[0][iou_types[0]]["gold"]
+    arrays: dict[str, Any] = {"gold": gold}
+    names: dict[str, list[str]] = {iou: ["gold"] for iou in iou_types}
+    for t, per_iou in enumerate(outcomes):
+        for iou in iou_types:
+            o = per_iou[iou]
+            if not np.array_equal(o["gold"], gold):
+                return {"unavailable": "the trials' ground-truth counts per image differ"}
+            for part in ("score", "category", "match", "ignore"):
+                name = f"{iou}_{part}" + (f"@trial{t}" if t else "")
+                arrays[name] = o[part]
+                names[iou].append(name)
+    metrics = {
+        f"{iou}_{metric}": (statistic, names[iou])
+        for iou in iou_types
+        for metric, statistic in (("AP", "coco_ap"), ("AP50", "coco_ap50"), ("AP75", "coco_ap75"))
+    }
+    return task_samples("detections", arrays, metrics)
 
 
 def _console(ctx: TaskContext) -> Any:

@@ -63,6 +63,14 @@ class DiagnosticsOptions:
             raise ValueError(f"spectrum_size must be >= 1, got {self.spectrum_size}")
 
 
+#: why a diagnostics cell has no bootstrap CI (``ci_reason``); see docs/statistics.md
+NO_SAMPLES = (
+    "rankme is a spectral function of all the embeddings jointly: the only per-sample outcomes that "
+    "determine it are the embeddings themselves (n x D floats), which are not stored, and a row "
+    "bootstrap of an effective rank is biased (resampled duplicates lower it)"
+)
+
+
 def _subsample(n: int, size: int, seed: int) -> np.ndarray:
     if n <= size:
         return np.arange(n)
@@ -166,7 +174,10 @@ class DiagnosticsTask(Task):
         }
         if notes:
             details["notes"] = notes
-        return TaskOutput(metrics, cls.main_metric(opts), details, {"fit_s": time.perf_counter() - t0})
+        return TaskOutput(
+            metrics, cls.main_metric(opts), details, {"fit_s": time.perf_counter() - t0},
+            samples={"unavailable": NO_SAMPLES},
+        )  # fmt: skip
 
 
 def simclr_view(image: Any, rng: np.random.Generator) -> np.ndarray:

@@ -46,6 +46,7 @@ class ImageTextRetrievalTask(Task):
 
     Options = ImageTextRetrievalOptions
     protocol_version = "1"
+    execution_options = ("chunk_size",)
     dataset_kinds = ("image-text",)
     splits = ("images", "captions")
     modalities = ("image", "text")

@@ -45,6 +45,7 @@ class RecommendationTask(Task):
 
     Options = RecommendationOptions
     protocol_version = "1"
+    execution_options = ("chunk_size",)
     dataset_kinds = ("interactions",)
     splits = ("users", "items")
 

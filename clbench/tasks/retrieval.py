@@ -55,6 +55,7 @@ class RetrievalTask(Task):
 
     Options = RetrievalOptions
     protocol_version = "1"
+    execution_options = ("chunk_size",)
     dataset_kinds = ("retrieval",)
     splits = ("queries", "corpus")
 

@@ -156,6 +156,7 @@ class SegmentationTask(Task):
 
     Options = SegmentationOptions
     protocol_version = "1"
+    execution_options = ("num_workers",)
     dataset_kinds = ("segmentation",)
     splits = ()  # no cached features: the task trains on the images itself
     modality = "image"
@@ -181,18 +182,21 @@ class SegmentationTask(Task):
             "task": {k: v for k, v in options_dict(o).items() if k not in _NOT_IN_STATE_KEY},
             "protocol": self.protocol_version,
         }
-        scores, per_trial, confs, states = [], [], [], []
+        scores, per_trial, confs, states, counts = [], [], [], [], []
         t0 = time.perf_counter()
         for t in range(o.trials):
             seed = int(ctx.seed) + t
             key = stable_hash({**cell, "seed": seed}, n=32)
-            info, conf, state = self._trial(ctx, r, train.items, test.items, len(classes), ignore, seed, key)
+            info, conf, state, per_image = self._trial(
+                ctx, r, train.items, test.items, len(classes), ignore, seed, key
+            )
             s = segmentation_scores(conf, classes)
             info.update({k: s[k] for k in ("miou", "pixel_accuracy", "mean_accuracy")})
             scores.append(s)
             per_trial.append(info)
             confs.append(conf)
             states.append(state)
+            counts.append(per_image)
         for state in states:  # kept until every trial is done, so a re-run resumes each where it was
             state.clear()
         fit_s = time.perf_counter() - t0
@@ -217,12 +221,12 @@ class SegmentationTask(Task):
             "pixels_scored": int(np.asarray(confs[0]).sum()),
             "metric_scale": "fractions in [0, 1] (x100 for the numbers papers print)",
         }
-        return TaskOutput(metrics, "miou", details, {"fit_s": fit_s})
+        return TaskOutput(metrics, "miou", details, {"fit_s": fit_s}, samples=_samples(counts, confs))
 
     def _trial(
         self, ctx: TaskContext, r: dict[str, Any], train_items: Any, test_items: Any, num_classes: int,
         ignore: int, seed: int, key: str,
-    ) -> tuple[dict[str, Any], np.ndarray, Any]:
+    ) -> tuple[dict[str, Any], np.ndarray, Any, np.ndarray]:
         import torch
 
         from ..dense.checkpointing import TrainingCheckpoint
@@ -244,9 +248,9 @@ class SegmentationTask(Task):
                 model, train_items, r, ignore_index=ignore, device=device, seed=seed, checkpoint=ckpt,
                 amp=o.amp, num_workers=o.num_workers, progress=bar,
             )  # fmt: skip
-            conf = evaluate_model(
+            conf, per_image = evaluate_model(
                 model, test_items, num_classes, image_size=r["image_size"], ignore_index=ignore,
-                device=device, amp=o.amp, num_workers=o.num_workers, progress=bar,
+                device=device, amp=o.amp, num_workers=o.num_workers, progress=bar, per_image=True,
             )  # fmt: skip
         finally:
             if bar is not None:
@@ -266,7 +270,30 @@ class SegmentationTask(Task):
             final = ckpt.path.with_name(f"{key}.final.pt")
             atomic_write_bytes(final, buf.getvalue())
             info["weights"] = str(final)
-        return info, conf, ckpt
+        return info, conf, ckpt, per_image
+
+
+def _samples(counts: list[np.ndarray], confs: list[np.ndarray]) -> dict[str, Any]:
+    """Per-image pixel counts of every trial (``kind: pixel_counts``): the bootstrap resamples
+    evaluation images and recomputes mIoU (pixel / mean accuracy) from the summed counts."""
+    from ..stats.samples import task_samples
+
+    gold = counts[0][:, 2]
+    for per_image, conf in zip(counts, confs):
+        if not np.array_equal(per_image[:, 2], gold) or not np.array_equal(per_image.sum(0)[0], np.diag(conf)):
+            return {"unavailable": "per-image pixel counts do not add up to the confusion matrix"}
+    arrays: dict[str, np.ndarray] = {"gold": gold}
+    names = ["gold"]
+    for t, per_image in enumerate(counts):
+        suffix = f"@trial{t}" if t else ""
+        arrays[f"intersection{suffix}"], arrays[f"union{suffix}"] = per_image[:, 0], per_image[:, 1]
+        names += [f"intersection{suffix}", f"union{suffix}"]
+    metrics = {
+        "miou": ("miou", names),
+        "pixel_accuracy": ("seg_pixel_accuracy", names),
+        "mean_accuracy": ("seg_mean_accuracy", names),
+    }
+    return task_samples("pixel_counts", arrays, metrics)
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -8,6 +8,11 @@ with the stem and the first block's inputs widened too; the key names are torchv
 SwAV's are). SwAV pads with ConstantPad2d(1) before a conv1 with padding 2, which is the same
 as padding 3.
 
+SimCLR v2's wide ResNet-50 (``r50_2x_sk0``, the TF ``width_multiplier`` 2, converted by
+Separius/SimCLRv2-Pytorch) widens the same way (a 64w-channel 7x7 stem, bottlenecks of 64w to
+512w channels): ``resnet50w2_simclrv2`` is the same network as ``resnet50w2_swav``, registered
+under its own name so that the entry says what it is; the ``simclrv2`` layout renames its keys.
+
 Importing this module imports timm and torch: only the zoo encoder does, when it builds a model.
 """
 
@@ -19,7 +24,7 @@ from timm.models import register_model
 from torch import nn
 
 
-def _swav_wide_resnet50(widen: int, **kwargs: Any) -> nn.Module:
+def _swav_wide_resnet50(widen: int, name: str | None = None, **kwargs: Any) -> nn.Module:
     from timm.models.resnet import Bottleneck, ResNet
 
     for key in ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
@@ -33,7 +38,8 @@ def _swav_wide_resnet50(widen: int, **kwargs: Any) -> nn.Module:
     first.downsample[0] = nn.Conv2d(w, 4 * w, kernel_size=1, bias=False)
     for m in (model.conv1, first.conv1, first.downsample[0]):
         nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    model.pretrained_cfg = {"architecture": f"resnet50w{widen}_swav", "classifier": "fc", "input_size": (3, 224, 224)}
+    arch = name or f"resnet50w{widen}_swav"
+    model.pretrained_cfg = {"architecture": arch, "classifier": "fc", "input_size": (3, 224, 224)}
     return model
 
 
@@ -53,3 +59,9 @@ def resnet50w4_swav(**kwargs: Any) -> nn.Module:
 def resnet50w5_swav(**kwargs: Any) -> nn.Module:
     """SwAV ResNet-50 w5 (every width x5; 10240-d features)."""
     return _swav_wide_resnet50(5, **kwargs)
+
+
+@register_model
+def resnet50w2_simclrv2(**kwargs: Any) -> nn.Module:
+    """SimCLR v2 ResNet-50 2x (sk0; every width x2, the stem's too; 4096-d features)."""
+    return _swav_wide_resnet50(2, "resnet50w2_simclrv2", **kwargs)

@@ -30,16 +30,15 @@ points, ``ours x 100 - published``, and ``within_tolerance`` compares its size w
 :data:`TOLERANCE` (per protocol; clbench's linear probe is an L-BFGS logistic regression on
 frozen features, not the authors' SGD recipe, so its tolerance is wider).
 
+``clbench report --published`` shows them as a ``<task> (published)`` column beside each task
+column that has one (:func:`attach`, rendered by :mod:`clbench.results.formats`).
+
 Plain Python (no torch): ``clbench report --published`` uses it.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import re
-from pathlib import Path
 from typing import Any
 
 from .catalogue import Entry, Published, get_entry
@@ -225,62 +224,56 @@ def rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-HEADER = ("encoder", "task", "metric", "ours", "published", "diff", "tol", "", "source")
+def _number(found: dict[str, Any]) -> Any:
+    from ..results.table import PublishedNumber
+
+    return PublishedNumber(
+        # percentages -> fractions; rounded so that 74.62 - 74.5 reads 0.0012, not 0.0012000000000000454
+        value=round(float(found["value"]) / 100.0, 10),
+        diff=round(float(found["diff"]) / 100.0, 10),
+        tolerance=round(float(found["tolerance"]) / 100.0, 10),
+        within_tolerance=bool(found["within_tolerance"]),
+        metric=str(found["metric"]),
+        protocol=str(found["protocol"]),
+        source=str(found.get("source", "")),
+    )
 
 
-def _cells(row: dict[str, Any]) -> list[str]:
-    flag = "ok" if row["within_tolerance"] else "**beyond tolerance**"
-    metric = row["metric"] + (f" (k={row['k']}, T={row['temperature']:g})" if row.get("k") else "")
-    return [str(row["encoder"]), str(row["task"]), metric, f"{row['ours']:.2f}", f"{row['value']:.2f}",
-            f"{row['diff']:+.2f}", f"{row['tolerance']:g}", flag, row["source"]]
+def attach(table: Any, results: list[dict[str, Any]]) -> None:
+    """Put the published numbers ``results`` reproduce into ``table`` (``report --published``).
 
-
-def render(table: list[dict[str, Any]], fmt: str = "markdown") -> str:
-    if fmt == "json":
-        return json.dumps(table, indent=2)
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["suite", "encoder", "task", "metric", "ours", "published", "diff", "tolerance",
-                    "within_tolerance", "source"])
-        for r in table:
-            w.writerow([r["suite"], r["encoder"], r["task"], r["metric"], repr(r["ours"]), repr(r["value"]),
-                        repr(r["diff"]), r["tolerance"], r["within_tolerance"], r["source"]])
-        return buf.getvalue()
-    if not table:
-        return "_Published numbers: no zoo result matches a published protocol._\n"
-    lines = [
-        "Published numbers (percent; diff = ours - published, in points):",
-        "",
-        "| " + " | ".join(HEADER) + " |",
-        "|:--|:--|:--|--:|--:|--:|--:|:--|:--|",
-    ]
-    for r in table:
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def published_section(results_dir: str | Path, fmt: str, report_text: str) -> str:
-    """``report_text`` (``clbench report`` output) with the published-numbers table added."""
-    from ..results.store import load_results
-
-    results, _ = load_results(Path(results_dir))
-    table = rows(results)
-    if fmt == "json":
+    Each matched result's cell gets :attr:`~clbench.results.table.Cell.published` (a result's
+    recorded ``published``, else a fresh :func:`match`), on the table's fraction scale; the STS
+    averages, which belong to no single cell, become :attr:`Table.published_notes`. Duplicate
+    results are skipped as :func:`~clbench.results.table.build_table` skips them (first read wins).
+    """
+    table.show_published = True
+    rows_at = {(row.suite, row.encoder): row for row in table.rows}
+    cols_at = {(c.task, c.task_type): j for j, c in enumerate(table.columns)}
+    seen: set[tuple[Any, ...]] = set()
+    for r in results:
+        key = (str(r.get("suite")), str(r.get("encoder")), str(r.get("task")), r.get("task_type"))
+        if key in seen:
+            continue
+        seen.add(key)
+        row, j = rows_at.get(key[:2]), cols_at.get(key[2:])
+        if row is None or j is None:
+            continue
         try:
-            data = json.loads(report_text)
-        except ValueError:
-            data = None
-        if isinstance(data, dict):
-            data["published"] = table
-            return json.dumps(data, indent=2)
-        return report_text.rstrip("\n") + "\n" + render(table, "json") + "\n"
-    if fmt == "csv":
-        return report_text.rstrip("\n") + "\n\n" + render(table, "csv")
-    if fmt == "html":
-        body = render(table, "markdown").replace("&", "&amp;").replace("<", "&lt;")
-        block = f"<section><h2>Published numbers</h2><pre>{body}</pre></section>"
-        return report_text.replace("</body>", block + "</body>") if "</body>" in report_text else report_text + block
-    if fmt == "latex":
-        return report_text.rstrip("\n") + "\n" + "\n".join("% " + line for line in render(table).splitlines()) + "\n"
-    return report_text.rstrip("\n") + "\n\n" + render(table, "markdown")
+            found = r.get("published") if isinstance(r.get("published"), dict) else match(r)
+            if found is not None:
+                row.cells[j].published = _number(found)
+        except (KeyError, TypeError, ValueError):  # an odd result never breaks the report
+            continue
+    for avg in sts_average(results):
+        row = rows_at.get((str(avg["suite"]), str(avg["encoder"])))
+        if row is None:
+            continue
+        n = _number(avg)
+        ours = avg["ours"] / 100.0
+        table.published_notes.append(
+            f"{row.label}: {avg['task']} (cosine_spearman) {ours:.4f}, published {n.value:.4f} "
+            f"(diff {n.diff:+.4f}, tolerance {n.tolerance:g}"
+            + ("" if n.within_tolerance else ", beyond tolerance")
+            + f"; {n.source})"
+        )
