@@ -163,3 +163,33 @@ class TrainingCheckpoint:
 
 
 __all__ = ["TrainingCheckpoint", "rng_state", "set_rng_state", "state_root", "training_key"]
+
+
+def optimizer_step(
+    loss: Any, optimizer: Any, scaler: Any = None, *, params: Any = None, clip_grad_norm: float | None = None,
+    what: str = "training", iteration: int = 0,
+) -> float:
+    """One step of a training loop: check the loss is finite, backward (through the AMP grad
+    scaler when there is one), clip the gradient norm of ``params`` when asked, step. Returns the
+    loss as a float."""
+    import math
+
+    import torch
+
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{what}: loss is {value} at iteration {iteration}; lower lr or add warm-up")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if clip_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        optimizer.step()
+    return value

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
 from .backbones import FeatureBackbone, build_backbone
-from .checkpointing import TrainingCheckpoint
+from .checkpointing import TrainingCheckpoint, optimizer_step
 
 
 @dataclasses.dataclass
@@ -317,22 +316,9 @@ def train_detector(
         with torch.autocast("cuda", enabled=use_amp) if use_amp else contextlib.nullcontext():
             loss_dict = model(images, targets)
             loss = sum(loss_dict.values())
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"detection: loss is {value} at iteration {it}; lower lr or add warm-up")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if s.clip_grad_norm is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if s.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
-            optimizer.step()
+        value = optimizer_step(
+            loss, optimizer, scaler, params=params, clip_grad_norm=s.clip_grad_norm, what="detection", iteration=it
+        )
         scheduler.step()
         it += 1
         losses.append(value)
@@ -394,31 +380,6 @@ def detect(
     return results, counts
 
 
-def progress_bar(console: Any) -> Any:
-    """A rich Progress with loss and ETA, or None when no terminal is attached."""
-    if console is None or not getattr(console, "is_terminal", False):
-        return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
-
 
 __all__ = [
     "Schedule",
@@ -426,6 +387,5 @@ __all__ = [
     "build_detector",
     "detect",
     "lr_factor",
-    "progress_bar",
     "train_detector",
 ]

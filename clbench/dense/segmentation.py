@@ -16,7 +16,6 @@ Imported only by the ``segmentation`` task's ``run`` (it imports torch).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError, DataError
+from .checkpointing import optimizer_step
 
 # -- the model -------------------------------------------------------------------------------------
 
@@ -280,17 +280,7 @@ def train_model(
         with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, ignore_index=ignore_index)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"segmentation: loss is {value} at iteration {it}; lower lr or add warm-up")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        value = optimizer_step(loss, optimizer, scaler, what="segmentation", iteration=it)
         scheduler.step()
         it += 1
         losses.append(value)

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..options import option, options_dict
+from ._training import jsonable, loss_curve, progress_bar, task_console
 from .base import Task, TaskContext, TaskOutput
 
 _VOC_SIZES = list(range(480, 801, 32))
@@ -154,8 +155,8 @@ class DetectionTask(Task):
         gt = dataset.coco_ground_truth(o.eval_split)
         iou_types = ("bbox", "segm") if masks else ("bbox",)
         cell = {
-            "encoder": _jsonable(encoder.fingerprint()),
-            "dataset": _jsonable(dataset.fingerprint()),
+            "encoder": jsonable(encoder.fingerprint()),
+            "dataset": jsonable(dataset.fingerprint()),
             "task": options_dict(o),
             "protocol": self.protocol_version,
         }
@@ -186,7 +187,7 @@ class DetectionTask(Task):
                 metrics=metrics,
                 loss_first=float(np.mean(losses[: max(1, len(losses) // 10)])),
                 loss_last=float(np.mean(losses[-max(1, len(losses) // 10) :])),
-                loss_curve=_curve(losses),
+                loss_curve=loss_curve(losses),
                 detections=len(dets),
                 detections_per_image=counts if len(counts) <= 500 else None,
             )
@@ -219,7 +220,7 @@ class DetectionTask(Task):
         import torch
 
         from ..dense.checkpointing import TrainingCheckpoint
-        from ..dense.detection import Schedule, build_backbone, build_detector, progress_bar, train_detector
+        from ..dense.detection import Schedule, build_backbone, build_detector, train_detector
 
         o = self.options
         torch.manual_seed(seed)
@@ -239,7 +240,7 @@ class DetectionTask(Task):
             clip_grad_norm=o.clip_grad_norm,
         )  # fmt: skip
         ckpt = TrainingCheckpoint(key, root=getattr(ctx, "cache_dir", None), every=o.checkpoint_every)
-        bar = progress_bar(_console(ctx))
+        bar = progress_bar(task_console(ctx))
         if bar is not None:
             bar.start()
         try:
@@ -297,31 +298,7 @@ def detection_samples(outcomes: list[dict[str, Any]], iou_types: tuple[str, ...]
     return task_samples("detections", arrays, metrics)
 
 
-def _console(ctx: TaskContext) -> Any:
-    console = getattr(ctx, "console", None)
-    if console is not None:
-        return console
-    import sys
 
-    if not sys.stderr.isatty():
-        return None
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def _jsonable(obj: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(obj, default=str))
-
-
-def _curve(losses: list[float], points: int = 50) -> list[float]:
-    """The loss curve as at most ``points`` window means (kept small for the result file)."""
-    if not losses:
-        return []
-    chunks = np.array_split(np.asarray(losses, dtype=np.float64), min(points, len(losses)))
-    return [round(float(c.mean()), 5) for c in chunks]
 
 
 def _any_finite(trials: list[dict[str, float]], key: str) -> bool:

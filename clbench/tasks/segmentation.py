@@ -41,6 +41,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..options import option, options_dict, stable_hash
+from ._training import jsonable, loss_curve, progress_bar, task_console
 from .base import Task, TaskContext, TaskOutput
 
 _MOCO_FCN = {
@@ -177,8 +178,8 @@ class SegmentationTask(Task):
             raise DataError(f"segmentation: dataset {dataset.name!r} has no class list")
         ignore = int(getattr(dataset, "ignore_index", 255))
         cell = {
-            "encoder": _jsonable(ctx.encoder.fingerprint()),
-            "dataset": _jsonable(dataset.fingerprint()),
+            "encoder": jsonable(ctx.encoder.fingerprint()),
+            "dataset": jsonable(dataset.fingerprint()),
             "task": {k: v for k, v in options_dict(o).items() if k not in _NOT_IN_STATE_KEY},
             "protocol": self.protocol_version,
         }
@@ -240,7 +241,7 @@ class SegmentationTask(Task):
             model = build_model(ctx.encoder, r, num_classes, device="cpu")
         model.to(device)
         ckpt = TrainingCheckpoint(key, root=getattr(ctx, "cache_dir", None), every=o.checkpoint_every)
-        bar = progress_bar(_console(ctx))
+        bar = progress_bar(task_console(ctx))
         if bar is not None:
             bar.start()
         try:
@@ -261,7 +262,7 @@ class SegmentationTask(Task):
             "resumed_from": resumed_from,
             "loss_first": float(np.mean(losses[:tenth])),
             "loss_last": float(np.mean(losses[-tenth:])),
-            "loss_curve": _curve(losses),
+            "loss_curve": loss_curve(losses),
             "backbone": {"kind": model.backbone.kind, "strides": model.strides, "channels": model.in_channels},
         }
         if o.keep_head:
@@ -299,37 +300,6 @@ def _samples(counts: list[np.ndarray], confs: list[np.ndarray]) -> dict[str, Any
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def progress_bar(console: Any) -> Any:
-    """A rich Progress with the running loss and ETA, or None without a terminal."""
-    if console is None or not getattr(console, "is_terminal", False):
-        return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, transient=True,
-    )  # fmt: skip
-
-
-def _console(ctx: TaskContext) -> Any:
-    console = getattr(ctx, "console", None)
-    if console is not None:
-        return console
-    import sys
-
-    if not sys.stderr.isatty():
-        return None
-    from rich.console import Console
-
-    return Console(stderr=True)
 
 
 def _per_class(values: list[list[float]], classes: list[str]) -> dict[str, float | None]:
@@ -340,16 +310,3 @@ def _per_class(values: list[list[float]], classes: list[str]) -> dict[str, float
         out[name] = float(col.mean()) if col.size else None
     return out
 
-
-def _jsonable(obj: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(obj, default=str))
-
-
-def _curve(losses: list[float], points: int = 50) -> list[float]:
-    """The loss curve as at most ``points`` window means (kept small for the result file)."""
-    if not losses:
-        return []
-    chunks = np.array_split(np.asarray(losses, dtype=np.float64), min(points, len(losses)))
-    return [round(float(c.mean()), 5) for c in chunks]
