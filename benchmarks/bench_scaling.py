@@ -102,10 +102,11 @@ def child(method: str, n_train: int, dim: int, num_classes: int, device: str) ->
     t0 = time.perf_counter()
     if method == "knn":
         times = []
+        search: dict = {}
         for _ in range(KNN_REPEATS):  # the fastest of a few: the machine may be shared
             t0 = time.perf_counter()
             pred = knn_predict(x_train, y_train, x_test, ks=[10, 20, 100, 200], temperature=0.07,
-                               num_classes=num_classes, device=device)
+                               num_classes=num_classes, device=device, stats=search)
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
@@ -119,6 +120,9 @@ def child(method: str, n_train: int, dim: int, num_classes: int, device: str) ->
     seconds = min(times) if method == "knn" else time.perf_counter() - t0
     out = {"method": method, "n": n_train, "seconds": seconds, "quality": quality,
            "peak_rss_mb": peak_rss_mb(), "data_rss_mb": base}
+    if method == "knn":
+        out["precision"] = search["precision"]
+        out["candidates_per_row"] = search["candidates_per_row"]
     if method == "probe":
         out["fits"] = len(res.trace)
         out["iterations"] = sum(int(t["n_iter"]) for t in res.trace)
@@ -170,6 +174,8 @@ def table(rows: list[dict], cuda: bool) -> list[str]:
         else:
             memcol = f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['data_rss_mb']:.0f}"
         check = f"top-1 {r['quality']:.3f}"
+        if "candidates_per_row" in r:
+            check += f", {r['candidates_per_row']:.0f} exact scores per test row"
         if "fits" in r:
             check += f", {r['fits']} fits, {r['iterations']} L-BFGS iterations on the validation split"
         name = "k-NN (k=10..200)" if r["method"] == "knn" else "probe sweep"
@@ -193,6 +199,7 @@ def main() -> None:
 
     import torch
 
+    load_before = os.getloadavg()[0]
     cpu_rows = []
     for method in ("knn", "probe"):
         for n in args.sizes:
@@ -200,21 +207,25 @@ def main() -> None:
             print(f"cpu {method} n={n}: {r['seconds']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
             cpu_rows.append(r)
     threads = len(os.sched_getaffinity(0))
+    knn_pass = next((r["precision"] for r in cpu_rows if "precision" in r), "?")
     lines = [
         "# Scaling with the training-set size",
         "",
         (f"Written by `benchmarks/bench_scaling.py` on {time.strftime('%Y-%m-%d %H:%M')}: {cpu_name()}, "
-         f"{threads} CPU thread(s) (a machine shared with other jobs while it ran: absolute times are "
-         "noisy, the ratios are the point), torch "
+         f"{threads} CPU thread(s) (a shared machine, load average {load_before:.2f} when the run started: "
+         "absolute times are noisy, the ratios are the point), torch "
          f"{torch.__version__}. Synthetic float32 features, D={args.dim}, {NUM_CLASSES} classes, a fixed "
          f"set of {N_TEST:,} queries / test rows; each measurement in a fresh process. Growth at most "
          "linear in the training-set size shows as a time ratio of at most the data ratio (10x); below "
          "it, fixed costs (start-up, the query set, per-iteration overhead) still weigh."),
         "",
-        ("- k-NN: `knn_predict`, k = 10, 20, 100, 200 in one search, T = 0.07; the fastest of "
-         f"{KNN_REPEATS} runs. Memory above the data is "
-         "a normalised float32 copy of the bank plus similarity blocks of bounded size: linear in the "
-         "bank, never queries x bank."),
+        ("- k-NN: `knn_predict`, k = 10, 20, 100, 200 in one search, T = 0.07, `precision: auto` "
+         f"(here: {knn_pass}); the fastest of {KNN_REPEATS} runs. Memory above the data is a normalised "
+         "float32 copy of the bank (and its bf16 rounding for the bf16 prefilter) plus one similarity "
+         "block of max(2^24 / n_train, 256) test rows x n_train scores: linear in the bank, never "
+         "queries x bank. The floor of 256 test rows per block keeps the number of passes over the bank "
+         "independent of its size (with 2^24 / n_train rows alone, 16 rows at 1M, the bank was re-read "
+         "n_train-proportionally often and the multiply, bound by memory bandwidth, grew as n_train^2)."),
         ("- probe sweep: `linear_probe`, C over 0.1 .. 10 at 1 point a decade (coarse then refined, "
          "warm-started) plus the refit, each fit a fixed 10 L-BFGS iterations, so the work per sample is "
          "the same at every size (a short sweep; [linear_probe.md](linear_probe.md) times the full one "

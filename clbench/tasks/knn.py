@@ -38,7 +38,9 @@ class KnnOptions:
     k: list[int] = option([10, 20, 100, 200], "neighbourhood sizes (one search serves all)")
     temperature: float = option(0.07, "T in the vote weight exp(cosine / T)")
     chunk_size: int | None = option(
-        None, "test rows per similarity block (default: ~64 MB of similarities on CPU, ~512 MB on GPU)"
+        None,
+        "test rows per similarity block (default: ~64 MB of similarities on CPU, ~512 MB on GPU, at least"
+        " 256 rows)",
     )
     precision: Literal["auto", "fp32", "bf16-prefilter"] = option(
         "auto",
