@@ -230,6 +230,7 @@ tasks:
 def _runner_worker(rank: int, world: int, port: int, folder: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # as the reference run (_single_process_run)
     from clbench import features
     from clbench.runner import Runner
     from clbench.suite import load_suite
@@ -245,13 +246,11 @@ def _runner_worker(rank: int, world: int, port: int, folder: str) -> None:
 def test_ranks_share_extraction_and_rank0_alone_writes(tmp_path):
     import torch.multiprocessing as mp
 
-    from clbench.api import run_suite
-
     single, multi = tmp_path / "single", tmp_path / "multi"
     for d in (single, multi):
         d.mkdir()
         (d / "suite.yaml").write_text(textwrap.dedent(FAST_SUITE))
-    run_suite(single / "suite.yaml")
+    _single_process_run(single / "suite.yaml")
     mp.spawn(_runner_worker, args=(2, _free_port(), str(multi)), nprocs=2, join=True)
     ranks = [json.loads((multi / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["cells"] == ranks[1]["cells"]  # every rank returns rank 0's outcomes
@@ -331,6 +330,19 @@ tasks:
 """
 
 
+
+def _single_process_run(suite_file):
+    """The reference run, with the ranks' thread count (1): float32 reductions (the probe's
+    L-BFGS) depend on how many threads split them, not on the process group."""
+    from clbench.api import run_suite
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_suite(suite_file)
+    finally:
+        torch.set_num_threads(threads)
+
 def _digits_worker(rank: int, world: int, port: int, folder: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
@@ -366,14 +378,13 @@ def test_two_ranks_run_knn_cells_together_with_single_process_results(tmp_path):
     neighbours, per-sample outcomes and metrics identical to one process; linear_probe on rank 0."""
     import torch.multiprocessing as mp
 
-    from clbench.api import run_suite
     from clbench.metrics.knn import knn_neighbours, knn_predict, knn_predict_from_neighbours
 
     single, multi = tmp_path / "single", tmp_path / "multi"
     for d in (single, multi):
         d.mkdir()
         (d / "suite.yaml").write_text(textwrap.dedent(DIGITS_SUITE))
-    run_suite(single / "suite.yaml")
+    _single_process_run(single / "suite.yaml")
     mp.spawn(_digits_worker, args=(2, _free_port(), str(multi)), nprocs=2, join=True)
     ranks = [json.loads((multi / f"rank{r}.json").read_text()) for r in range(2)]
     expected = [["pixels", t, "ok"] for t in ("knn", "knn-fp32", "linear")] + [["pixels", "knn-too-big", "failed"],
