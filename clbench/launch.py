@@ -21,7 +21,6 @@ the command line.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import socket
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ClbenchError
+from .locks import is_locked
 from .options import option
 from .results.store import atomic_write_text, cell_path, read_result
 
@@ -271,22 +271,6 @@ def _alive(host: str | None, pid: Any) -> bool | None:
     return True
 
 
-def _lock_held(path: Path) -> bool:
-    """True when some process holds the flock on ``path`` (tested without taking it over)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
@@ -333,7 +317,7 @@ def cell_states(results_dir: Path, suite: Any = None) -> list[CellState]:
         rec = _read_json(lock) or {}
         alive = _alive(rec.get("host"), rec.get("pid"))
         job = by_proc.get((rec.get("host"), rec.get("pid")))
-        if _lock_held(lock) and alive is not False:
+        if is_locked(lock) and alive is not False:
             states[key] = CellState(*key, "running", _who(rec, job))
         elif key not in states or states[key].state == "failed":
             states[key] = CellState(*key, "stale", f"lock left by {_who(rec, job)}, which no longer runs")

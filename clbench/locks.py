@@ -148,6 +148,25 @@ class FileLock:
                 pass
 
 
+def is_locked(path: Path | str) -> bool:
+    """True when a live process holds the lock at ``path``; only looks (never takes it over)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def remove_if_unlocked(path: Path) -> bool:
     """Remove the lock file at ``path`` when no process holds it (left by a killed run)."""
     if not Path(path).exists():
@@ -161,4 +180,4 @@ def remove_if_unlocked(path: Path) -> bool:
     return True
 
 
-__all__ = ["FileLock", "LockBusy", "lock_path_for", "read_holder", "remove_if_unlocked"]
+__all__ = ["FileLock", "LockBusy", "is_locked", "lock_path_for", "read_holder", "remove_if_unlocked"]

@@ -34,7 +34,7 @@ def progress_bar(console: Any) -> Any:
 
 def task_console(ctx: Any) -> Any:
     """The run's console; outside a run (the Python API) a stderr console when it is a terminal."""
-    console = getattr(ctx, "console", None)
+    console = ctx.console
     if console is not None:
         return console
     if not sys.stderr.isatty():

@@ -239,7 +239,7 @@ class DetectionTask(Task):
             lr_steps=list(r["lr_steps"]), amp=o.amp, num_workers=o.num_workers, checkpoint_every=o.checkpoint_every,
             clip_grad_norm=o.clip_grad_norm,
         )  # fmt: skip
-        ckpt = TrainingCheckpoint(key, root=getattr(ctx, "cache_dir", None), every=o.checkpoint_every)
+        ckpt = TrainingCheckpoint(key, root=ctx.cache_dir, every=o.checkpoint_every)
         bar = progress_bar(task_console(ctx))
         if bar is not None:
             bar.start()

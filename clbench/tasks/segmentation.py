@@ -240,7 +240,7 @@ class SegmentationTask(Task):
             torch.manual_seed(seed)  # the head's (and a ViT pyramid's) initialisation
             model = build_model(ctx.encoder, r, num_classes, device="cpu")
         model.to(device)
-        ckpt = TrainingCheckpoint(key, root=getattr(ctx, "cache_dir", None), every=o.checkpoint_every)
+        ckpt = TrainingCheckpoint(key, root=ctx.cache_dir, every=o.checkpoint_every)
         bar = progress_bar(task_console(ctx))
         if bar is not None:
             bar.start()

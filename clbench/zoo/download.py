@@ -25,7 +25,6 @@ a missing file raises :class:`OfflineError` naming the URL and the path to place
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ClbenchError
+from ..locks import FileLock
 
 OFFLINE_ENVS = ("CLBENCH_OFFLINE", "HF_HUB_OFFLINE")
 REGISTRY_NAME = "checksums.json"
@@ -92,21 +92,10 @@ def matches(found: dict[str, str], checksum: str) -> bool:
     return found[algo].startswith(value)
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive advisory lock on ``.<name>.lock`` beside ``path`` (released on exit or death)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+
+def _locked(path: Path) -> FileLock:
+    """An exclusive lock on ``.<name>.lock`` beside ``path`` (released on exit or death)."""
+    return FileLock(path.with_name(f".{path.name}.lock"))
 
 
 # -- the registry of recorded checksums ------------------------------------------------------
