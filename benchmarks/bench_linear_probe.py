@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -28,16 +28,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+sys.path.insert(0, str(REPO))
+from clbench.provenance import cpu_name
 
 
 def digits():

@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import time
@@ -40,19 +38,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from clbench.provenance import cpu_name, peak_rss_mb
+
 N_TEST = 1000
 NUM_CLASSES = 10
 KNN_REPEATS = 3
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def rss_mb() -> float:
@@ -64,9 +56,6 @@ def rss_mb() -> float:
         pass
     return float("nan")
 
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_features(n_train: int, dim: int, num_classes: int, seed: int = 0):

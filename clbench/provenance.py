@@ -55,6 +55,17 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
+def cpu_name() -> str:
+    """The CPU model, as /proc/cpuinfo names it (benchmarks print it beside their figures)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def host() -> dict[str, str]:
     return {"platform": platform.platform(), "machine": platform.machine(), "node": platform.node()}
 
