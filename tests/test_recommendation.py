@@ -126,3 +126,26 @@ def test_shipped_recommendation_suite_runs_on_toy_files(tmp_path):
     assert summary.ok
     r = json.loads((tmp_path / "results/recommendation/embeddings/topk.json").read_text())
     assert r["main_metric"] == "recall@20" and r["metrics"]["recall@10"] == 1.0 and r["metrics"]["ndcg@50"] == 1.0
+
+
+def test_matches_pytrec_eval():
+    """Recall@K and NDCG@K equal trec_eval's recall_K and ndcg_cut_K (training items left out of
+    the run, every test item relevance 1; continuous scores, so no ties)."""
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    rng = np.random.default_rng(7)
+    users, items = rng.normal(size=(25, 8)), rng.normal(size=(90, 8))
+    pairs = np.array([(u, i) for u in range(25) for i in rng.choice(90, 14, replace=False)])
+    train, test = pairs[::2], pairs[1::2]
+    scores = users @ items.T
+    qrels = {str(u): {str(i): 1 for uu, i in test if uu == u} for u in range(25)}
+    run = {}
+    for u in range(25):
+        seen = {i for uu, i in train if uu == u}
+        run[str(u)] = {str(i): float(scores[u, i]) for i in range(90) if i not in seen}
+    ks = [5, 10, 20]
+    measures = {f"recall_{k}" for k in ks} | {f"ndcg_cut_{k}" for k in ks}
+    ref = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    out = topk_metrics(users, items, train, test, ks=ks, chunk=6)
+    for k in ks:
+        assert out[f"recall@{k}"] == pytest.approx(np.mean([r[f"recall_{k}"] for r in ref.values()]), abs=1e-12)
+        assert out[f"ndcg@{k}"] == pytest.approx(np.mean([r[f"ndcg_cut_{k}"] for r in ref.values()]), abs=1e-12)
